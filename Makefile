@@ -1,0 +1,117 @@
+# seqnn -- build, test, bench, install.
+#
+#   make            build/seqnn/core.so (the Lua module's C part) and build/libseqnn.a
+#   make test       Criterion tests of the C core, then the busted specs (Lua 5.4)
+#   make asan       both again under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench      one table of timings (see bench/README.md)
+#   make install    core.so -> $(LIBDIR)/seqnn, lua/seqnn -> $(LUADIR)/seqnn, REPL -> $(BINDIR)
+#   make lint       cppcheck over csrc/
+#
+# luarocks passes CFLAGS, LIBFLAG, LUA_INCDIR, LIBDIR, LUADIR and BINDIR (rocks/*.rockspec).
+
+CC         ?= gcc
+CFLAGS     ?= -O2 -g
+LIBFLAG    ?= -shared
+LUA        ?= lua5.4
+LUA_INCDIR ?= /usr/include/lua5.4
+BUILD      ?= build
+PREFIX     ?= /usr/local
+LIBDIR     ?= $(PREFIX)/lib/lua/5.4
+LUADIR     ?= $(PREFIX)/share/lua/5.4
+BINDIR     ?= $(PREFIX)/bin
+
+PKGS       := openblas sleef
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS))
+
+# Always on, whatever CFLAGS the caller gives. Never -ffast-math: kernels must see NaN/inf.
+SN_CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -Wall -Wextra \
+              -Wno-unused-parameter -Icsrc $(PKG_CFLAGS) $(if $(CI),-Werror)
+SN_LIBS    := $(PKG_LIBS) -fopenmp -lm
+
+# ISA flags go only on the files that are dispatched to at run time.
+AVX2_FLAGS   := -mavx2 -mfma -mf16c
+AVX512_FLAGS := -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c
+
+CORE_SRC := $(sort $(wildcard csrc/*.c csrc/simd/*.c csrc/ops/*.c csrc/kernels/*.c))
+LUA_SRC  := $(sort $(wildcard csrc/lua/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+BENCH_SRC:= $(sort $(wildcard bench/bench_*.c))
+HEADERS  := $(wildcard csrc/*.h csrc/*/*.h)
+
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+LUA_OBJ  := $(LUA_SRC:%.c=$(BUILD)/obj/%.o)
+
+.PHONY: all test test-c test-lua asan bench install lint clean
+all: $(BUILD)/seqnn/core.so $(BUILD)/libseqnn.a
+
+$(BUILD)/obj/csrc/simd/%_avx2.o: csrc/simd/%_avx2.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) $(AVX2_FLAGS) -c $< -o $@
+
+$(BUILD)/obj/csrc/simd/%_avx512.o: csrc/simd/%_avx512.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) $(AVX512_FLAGS) -c $< -o $@
+
+$(BUILD)/obj/csrc/lua/%.o: csrc/lua/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) -I$(LUA_INCDIR) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) -c $< -o $@
+
+$(BUILD)/libseqnn.a: $(CORE_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+# Never linked against liblua: the interpreter provides the symbols. -z nodelete keeps
+# core.so (and so libgomp) loaded at lua_close, while OpenMP's worker threads still run.
+$(BUILD)/seqnn/core.so: $(CORE_OBJ) $(LUA_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LIBFLAG) -Wl,-z,nodelete -o $@ $^ $(SN_LIBS)
+
+$(BUILD)/tests/seqnn_tests: $(TEST_SRC) $(BUILD)/libseqnn.a tests/testutil.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) -Itests -o $@ $(TEST_SRC) $(BUILD)/libseqnn.a $(SN_LIBS) -lcriterion
+
+$(BUILD)/bench/seqnn_bench: $(BENCH_SRC) $(BUILD)/libseqnn.a bench/bench.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) -Ibench -o $@ $(BENCH_SRC) $(BUILD)/libseqnn.a $(SN_LIBS)
+
+# The specs see the checkout's Lua files and this build's core.so, never an installed copy.
+LUA_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" \
+           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
+
+test: all $(BUILD)/tests/seqnn_tests
+	@BUILD=$(BUILD) LUA=$(LUA) tests/run-all
+
+test-c: $(BUILD)/tests/seqnn_tests
+	$(BUILD)/tests/seqnn_tests
+
+test-lua: all
+	$(LUA_ENV) $(LUA) $$(command -v busted) --lua=$(LUA) spec
+
+# The sanitizers need their runtime loaded before the (uninstrumented) interpreter.
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+asan:
+	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LIBFLAG="-shared -fsanitize=address,undefined" \
+	  all build-asan/tests/seqnn_tests
+	@BUILD=build-asan LUA=$(LUA) SN_SANITIZE=1 tests/run-all
+
+bench: all $(BUILD)/bench/seqnn_bench
+	@$(BUILD)/bench/seqnn_bench
+	@$(LUA_ENV) $(LUA) bench/bench_lua.lua
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/seqnn $(DESTDIR)$(LUADIR)/seqnn $(DESTDIR)$(BINDIR)
+	install -m 755 $(BUILD)/seqnn/core.so $(DESTDIR)$(LIBDIR)/seqnn/core.so
+	cd lua && find seqnn -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(LUADIR)/{} \;
+	install -m 755 bin/seqnn $(DESTDIR)$(BINDIR)/seqnn
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --inline-suppr --suppress=missingIncludeSystem -Icsrc $(PKG_CFLAGS:-I%=-I%) csrc
+
+clean:
+	rm -rf build build-asan

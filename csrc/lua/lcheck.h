@@ -1,0 +1,58 @@
+/* lcheck.h -- the binding's shared helpers: the tensor userdata, argument checks that raise
+ * errors naming the function and argument, allocation paced with the garbage collector. */
+#ifndef SN_LCHECK_H
+#define SN_LCHECK_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "seqnn.h"
+
+#define SN_TENSOR_MT "seqnn.Tensor"
+
+/* The per-state userdata: the core's context plus the collector pacing of lcheck.c. */
+typedef struct {
+  sn_ctx ctx; /* first, so the userdata pointer is also the sn_ctx pointer */
+  int64_t allocated_since_collect; /* tensor bytes allocated since the last full collection */
+  int64_t live_after_collect;      /* tensor bytes that collection left live */
+} sn_lua_state;
+
+/* Every binding function has the sn_lua_state userdata as upvalue 1. */
+static inline sn_ctx *sn_lua_ctx(lua_State *L) { return (sn_ctx *)lua_touserdata(L, lua_upvalueindex(1)); }
+
+/* "4x6" for error messages; the buffer lives until the end of the enclosing block. */
+#define SN_SHAPE(t) sn_shape_str((t), (char[160]){0}, 160)
+
+/* Formats a message and raises it as a Lua error. Never returns. */
+int sn_lua_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Raises ctx->err (set by the core) for status st. */
+int sn_lua_raise(lua_State *L, const char *fn, sn_status st);
+
+/* The tensor at idx, checked for type, dtype (pass -1 for any) and not freed. */
+sn_tensor *sn_lua_check_tensor(lua_State *L, int idx, const char *fn, const char *arg, int dtype);
+/* The tensor at idx or NULL when the value is not a tensor (no error). */
+sn_tensor *sn_lua_test_tensor(lua_State *L, int idx);
+
+/* Pushes a new tensor userdata with no storage yet (safe for the finalizer). */
+sn_tensor *sn_lua_push_tensor(lua_State *L);
+/* Pushes a new contiguous tensor with uninitialised values; raises on a bad shape or when
+ * memory runs out (after a full collection and one retry). */
+sn_tensor *sn_lua_push_empty(lua_State *L, const char *fn, sn_dtype dt, int ndim, const int64_t *size);
+sn_tensor *sn_lua_push_empty_like(lua_State *L, const char *fn, const sn_tensor *t, sn_dtype dt);
+
+/* Reads a shape given as varargs of integers from idx up to `last`, or as one table at idx.
+ * Returns ndim. */
+int sn_lua_check_shape(lua_State *L, int idx, int last, const char *fn, int64_t *size);
+/* A dim argument: 1-based, negative counts from the end; returns it 0-based. `extra` allows
+ * ndim + 1 (for unsqueeze). */
+int sn_lua_check_dim(lua_State *L, int idx, const char *fn, const sn_tensor *t, int extra);
+/* An integer argument (a float with an integral value is accepted). */
+int64_t sn_lua_check_int(lua_State *L, int idx, const char *fn, const char *arg);
+/* "f32" or "i64" at idx, or def when absent. */
+sn_dtype sn_lua_opt_dtype(lua_State *L, int idx, const char *fn, sn_dtype def);
+
+/* Registers the tensor functions and methods (ltensor.c, lmath.c). */
+void sn_lua_open_tensor(lua_State *L, int methods);
+void sn_lua_open_math(lua_State *L, int methods);
+
+#endif

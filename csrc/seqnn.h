@@ -1,0 +1,208 @@
+/* seqnn.h -- public C API of the seqnn core: tensors, views, elementwise math, reductions,
+ * matmul, random numbers and threads. No Lua dependency: the binding in csrc/lua/ is one
+ * client of this header; tests and benchmarks link it from C alone.
+ *
+ * Conventions
+ *   - Dims are 0-based here (the Lua binding converts). Sizes and strides count elements.
+ *   - Every function that can fail takes an sn_ctx first and returns an sn_status; on
+ *     failure ctx->err holds a message naming what is wrong. Nothing here aborts or prints.
+ *   - Output tensors are allocated by the caller (argument order: ctx, outputs, inputs,
+ *     scalars). Kernels check shapes again cheaply and fail with SN_EINVAL.
+ *   - View functions fill a caller-provided sn_tensor that shares (and retains) the
+ *     source's storage; release every tensor with sn_tensor_release.
+ */
+#ifndef SEQNN_H
+#define SEQNN_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SN_MAX_DIMS 8
+#define SN_ALIGN 64
+/* Largest tensor in bytes: keeps every byte offset and numel*itemsize inside int64. */
+#define SN_MAX_BYTES ((int64_t)1 << 62)
+
+typedef enum { SN_F32 = 0, SN_I64 = 1 } sn_dtype;
+
+typedef enum {
+  SN_OK = 0,
+  SN_EINVAL, /* bad argument: shape, dtype, dim, range */
+  SN_ENOMEM, /* allocation failed or over the memory limit */
+  SN_EIO,    /* file or format error */
+} sn_status;
+
+/* Per-user state: last error, memory accounting, random generator, scratch memory.
+ * One per Lua state; C users zero-initialise one with sn_ctx_init. */
+typedef struct sn_ctx {
+  char err[1024];
+  int64_t live_bytes;  /* bytes held by storages allocated through this ctx */
+  int64_t peak_bytes;  /* high-water mark of live_bytes since sn_ctx_init/reset */
+  int64_t limit_bytes; /* allocations that would exceed this fail (0 = no limit) */
+  uint64_t seed;       /* generator: counter-based, so results do not depend on threads */
+  uint64_t rng_offset; /* how many random 64-bit words have been consumed */
+  void *workspace;     /* scratch for kernels, grown on demand, 64-byte aligned */
+  size_t workspace_bytes;
+} sn_ctx;
+
+/* Reference-counted, 64-byte aligned memory. `release` (optional) frees memory the
+ * storage does not own (an mmap, say); otherwise data is freed with the aligned allocator. */
+typedef struct sn_storage {
+  int64_t refcount;
+  void *data;
+  int64_t nbytes;
+  sn_ctx *ctx; /* whose live_bytes count this storage; NULL when not counted */
+  void (*release)(void *ud, void *data, int64_t nbytes);
+  void *release_ud;
+} sn_storage;
+
+/* A view: shape, strides and offset (in elements) over a storage. */
+typedef struct sn_tensor {
+  sn_storage *storage; /* NULL once released */
+  sn_dtype dtype;
+  int ndim; /* 0 .. SN_MAX_DIMS; 0 is a scalar with one element */
+  int64_t size[SN_MAX_DIMS];
+  int64_t stride[SN_MAX_DIMS];
+  int64_t offset;
+} sn_tensor;
+
+/* ---- context and errors ---------------------------------------------------------- */
+void sn_ctx_init(sn_ctx *ctx);
+void sn_ctx_free(sn_ctx *ctx); /* frees the workspace; storages must be released first */
+/* Sets ctx->err from a printf-style format and returns `st`. */
+sn_status sn_fail(sn_ctx *ctx, sn_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Scratch of at least `bytes`, valid until the next call; NULL (and ctx->err) on failure. */
+void *sn_ctx_workspace(sn_ctx *ctx, size_t bytes);
+
+/* ---- storage and tensors --------------------------------------------------------- */
+size_t sn_dtype_size(sn_dtype dt);
+const char *sn_dtype_name(sn_dtype dt); /* "f32", "i64" */
+/* Validates a shape (ndim range, non-negative sizes, numel*itemsize <= SN_MAX_BYTES).
+ * `fn` prefixes the message. On success *numel is set. */
+sn_status sn_check_shape(sn_ctx *ctx, const char *fn, sn_dtype dt, int ndim, const int64_t *size,
+                         int64_t *numel);
+/* A new contiguous tensor with uninitialised values. */
+sn_status sn_tensor_empty(sn_ctx *ctx, sn_tensor *t, sn_dtype dt, int ndim, const int64_t *size);
+/* Wraps memory the caller owns; `release` is called when the last view goes. */
+sn_status sn_tensor_wrap(sn_ctx *ctx, sn_tensor *t, void *data, int64_t nbytes, sn_dtype dt,
+                         int ndim, const int64_t *size,
+                         void (*release)(void *ud, void *data, int64_t nbytes), void *ud);
+/* Drops this view's reference (idempotent); frees the storage with its last view. */
+void sn_tensor_release(sn_tensor *t);
+/* dst becomes another view of src (same shape), retaining the storage. */
+void sn_tensor_share(sn_tensor *dst, const sn_tensor *src);
+
+int64_t sn_numel(const sn_tensor *t);
+bool sn_is_contiguous(const sn_tensor *t);
+/* Pointer to the first element (storage data + offset). */
+void *sn_data(const sn_tensor *t);
+static inline float *sn_f32(const sn_tensor *t) { return (float *)sn_data(t); }
+static inline int64_t *sn_i64(const sn_tensor *t) { return (int64_t *)sn_data(t); }
+/* "2x16x4x32" ("scalar" for 0 dims) into buf; returns buf. */
+char *sn_shape_str(const sn_tensor *t, char *buf, size_t n);
+bool sn_same_shape(const sn_tensor *a, const sn_tensor *b);
+
+/* ---- views (no copies; dst shares src's storage) ---------------------------------- */
+/* View with a new shape; fails with SN_EINVAL when the strides do not allow it (use
+ * sn_reshape_needs_copy to decide). Sizes may contain one -1 (inferred). */
+sn_status sn_view(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int ndim, const int64_t *size);
+/* Resolves a -1 in size[] against numel; checks the product. */
+sn_status sn_infer_shape(sn_ctx *ctx, const char *fn, const sn_tensor *src, int ndim, int64_t *size);
+bool sn_can_view(const sn_tensor *src, int ndim, const int64_t *size);
+sn_status sn_transpose(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int d0, int d1);
+sn_status sn_permute(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, const int *perm);
+sn_status sn_narrow(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int dim, int64_t start,
+                    int64_t len);
+/* Removes `dim`, keeping index `index` (0-based). */
+sn_status sn_select(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int dim, int64_t index);
+/* Broadcasts size-1 dims (stride 0); leading dims may be added. */
+sn_status sn_expand(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int ndim, const int64_t *size);
+sn_status sn_unsqueeze(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int dim);
+/* Removes `dim` if it has size 1; dim = -1 removes every size-1 dim. */
+sn_status sn_squeeze(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int dim);
+
+/* Broadcast shape of a and b (numpy rules) into ndim/size. */
+sn_status sn_broadcast_shape(sn_ctx *ctx, const char *fn, const sn_tensor *a, const sn_tensor *b,
+                             int *ndim, int64_t *size);
+
+/* ---- copies and fills ------------------------------------------------------------- */
+/* dst[...] = src[...], src broadcast to dst's shape, converting dtype (f32 <-> i64,
+ * truncating toward zero). dst and src must not overlap unless they are the same view. */
+sn_status sn_copy(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src);
+sn_status sn_fill(sn_ctx *ctx, sn_tensor *t, double value);
+/* t[i] = start + i*step over the flattened (contiguous) tensor. */
+sn_status sn_arange(sn_ctx *ctx, sn_tensor *t, double start, double step);
+/* out = src gathered along dim with 0-based i64 indices (index_select); index values are
+ * checked against the size of dim. out has src's shape with size[dim] = numel(index). */
+sn_status sn_index_select(sn_ctx *ctx, sn_tensor *out, const sn_tensor *src, int dim,
+                          const sn_tensor *index);
+
+/* ---- random numbers ---------------------------------------------------------------
+ * Counter-based (a 64-bit hash of seed and counter), so a tensor's values depend only on
+ * the seed and how many numbers were drawn before it, never on the thread count. */
+void sn_manual_seed(sn_ctx *ctx, uint64_t seed);
+sn_status sn_rand(sn_ctx *ctx, sn_tensor *t, double lo, double hi);      /* uniform [lo, hi) */
+sn_status sn_randn(sn_ctx *ctx, sn_tensor *t, double mean, double std);  /* normal */
+/* Uniform integers in [lo, hi) into an i64 tensor. */
+sn_status sn_randint(sn_ctx *ctx, sn_tensor *t, int64_t lo, int64_t hi);
+
+/* ---- elementwise ------------------------------------------------------------------- */
+typedef enum {
+  SN_ADD = 0, SN_SUB, SN_MUL, SN_DIV, SN_POW, SN_MAX, SN_MIN,
+  SN_BINOP_COUNT
+} sn_binop;
+
+typedef enum {
+  SN_EXP = 0, SN_LOG, SN_TANH, SN_SIGMOID, SN_SILU, SN_GELU, SN_SOFTPLUS,
+  SN_SQRT, SN_RSQRT, SN_ABS, SN_NEG,
+  SN_UNOP_COUNT
+} sn_unop;
+
+const char *sn_binop_name(sn_binop op);
+const char *sn_unop_name(sn_unop op);
+
+/* out = a op b with broadcasting; out has the broadcast shape. dtypes: all f32, or all
+ * i64 (SN_DIV and SN_POW need f32). out may be a or b (in place) when it has the full
+ * broadcast shape; it must not partially overlap them. */
+sn_status sn_binary(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_tensor *b, sn_binop op);
+/* out = a op s, or s op a when scalar_first. Same dtype rules as sn_binary. */
+sn_status sn_binary_scalar(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, double s, sn_binop op,
+                           bool scalar_first);
+/* out = op(a), same shape; f32 (SN_ABS and SN_NEG also take i64). out may be a. */
+sn_status sn_unary(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, sn_unop op);
+
+/* ---- reductions ------------------------------------------------------------------- */
+typedef enum {
+  SN_SUM = 0, SN_MEAN, SN_RMAX, SN_RMIN, SN_ARGMAX, SN_ARGMIN, SN_LOGSUMEXP,
+  SN_REDOP_COUNT
+} sn_redop;
+
+const char *sn_redop_name(sn_redop op);
+/* Reduces a over `dim` (0-based), or over every element when dim < 0.
+ * out: contiguous, numel = numel(a) / size(dim) (1 when dim < 0); its shape is the
+ * caller's choice (keepdim or not). dtype: i64 for ARGMAX/ARGMIN (0-based index of the
+ * first extreme), else a's dtype (i64 input: SUM, RMAX, RMIN, ARG*; MEAN and LOGSUMEXP
+ * need f32). Sums accumulate in double. Reducing an empty dim: SUM 0, MEAN NaN,
+ * LOGSUMEXP -inf; RMAX/RMIN/ARG* fail with SN_EINVAL. */
+sn_status sn_reduce(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, int dim, sn_redop op);
+
+/* ---- matmul ------------------------------------------------------------------------ */
+/* out (..., M, N) = a (..., M, K) @ b (..., K, N), f32, ndim >= 2 for all three; batch
+ * dims broadcast (out holds the broadcast batch shape). Operands whose last two dims are
+ * contiguous or transposed-contiguous go to cblas_sgemm without a copy. out must be
+ * contiguous and must not overlap a or b. */
+sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_tensor *b);
+
+/* ---- threads and configuration ---------------------------------------------------- */
+/* Sets OpenMP's and OpenBLAS's thread counts together (n >= 1). */
+void sn_set_num_threads(int n);
+int sn_get_num_threads(void);
+/* "avx512", "avx2" or "scalar": the SIMD level chosen at load time. */
+const char *sn_simd_level(void);
+/* OpenBLAS's own configuration string and core name (from openblas_get_config/corename). */
+const char *sn_blas_config(void);
+const char *sn_blas_core(void);
+
+#endif /* SEQNN_H */

@@ -1,0 +1,59 @@
+/* simd/vec.h -- internal: kernels over contiguous f32 runs, one table per instruction set.
+ *
+ * elementwise.c and reduce.c reduce every layout to runs of n contiguous floats and call
+ * through `sn_vec`, chosen once at load by sn_vec_init (scalar, avx2+fma, avx512f/bw/dq/vl;
+ * SEQNN_SIMD=scalar|avx2|avx512 asks for a lower level). Every entry takes any n >= 0 unless
+ * noted, handles the tail itself, and gives NaN wherever an input NaN reaches the result.
+ * Results may differ between tables in the last bits (SLEEF vs libm, summation order), but
+ * each table is deterministic: a result depends only on the values, never on alignment. */
+#ifndef SN_SIMD_VEC_H
+#define SN_SIMD_VEC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "seqnn.h"
+
+/* Elements summed in float lanes before the lanes are added into a double. */
+#define SN_VEC_SUM_BLOCK 4096
+
+typedef struct sn_vec_ops {
+  const char *name; /* "scalar", "avx2", "avx512" */
+  /* y[i] = op(x[i]); y may equal x. */
+  void (*unary)(sn_unop op, float *y, const float *x, int64_t n);
+  /* y[i] = a[i] op b[i]; y may equal a or b. SN_MAX/SN_MIN give NaN if either is NaN. */
+  void (*binary)(sn_binop op, float *y, const float *a, const float *b, int64_t n);
+  /* y[i] = a[i] op s, or s op a[i] when scalar_first; y may equal a. */
+  void (*binary_scalar)(sn_binop op, float *y, const float *a, float s, int64_t n,
+                        bool scalar_first);
+  /* sum of x[0..n) into a double; the vector tables add float lanes within
+   * SN_VEC_SUM_BLOCK elements (error ~ block/width ulps), then blocks in double. */
+  double (*sum)(const float *x, int64_t n);
+  /* sum of exp(x[i] - m), accumulated like sum; m finite. */
+  double (*sumexp)(const float *x, float m, int64_t n);
+  /* Largest / smallest of x[0..n), NaN if any is NaN; n >= 1. */
+  float (*max)(const float *x, int64_t n);
+  float (*min)(const float *x, int64_t n);
+  /* First i with x[i] == v (with isnan(x[i]) when v is NaN), or n if there is none. */
+  int64_t (*find)(const float *x, int64_t n, float v);
+  /* Strided accumulation, for reducing a dim that is not the last one: row r of the
+   * reduced dim updates acc[j] for j < n. acc_add: acc[j] += x[j] (in double). */
+  void (*acc_add)(double *acc, const float *x, int64_t n);
+  /* acc[j] += exp(x[j] - m[j]) (in double); m[j] finite wherever the sum is used. */
+  void (*acc_sumexp)(double *acc, const float *x, const float *m, int64_t n);
+  /* Where x[j] beats best[j] (strictly greater / less, or x[j] is the first NaN):
+   * best[j] = x[j], idx[j] = r. Strictness keeps the first extreme's index. */
+  void (*acc_argmax)(float *best, int64_t *idx, const float *x, int64_t r, int64_t n);
+  void (*acc_argmin)(float *best, int64_t *idx, const float *x, int64_t r, int64_t n);
+} sn_vec_ops;
+
+extern const sn_vec_ops sn_vec_scalar, sn_vec_avx2, sn_vec_avx512;
+
+/* The table in use; never NULL. */
+extern const sn_vec_ops *sn_vec;
+
+/* Picks the best table the CPU supports, lowered by SEQNN_SIMD if set. Runs at load; tests
+ * call it again after changing SEQNN_SIMD (not while other threads run kernels). */
+void sn_vec_init(void);
+
+#endif /* SN_SIMD_VEC_H */

@@ -1,0 +1,302 @@
+/* simd/vec_avx2.c -- the AVX2 + FMA table: 8 floats per vector, SLEEF u10 transcendentals,
+ * tails through maskload/maskstore (masked-off lanes read 0 and never fault). */
+#include <immintrin.h>
+#include <math.h>
+#include <sleef.h>
+
+#include "simd/vec.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define W 8
+
+/* tail_mask(r) for 0 < r <= 8: the first r 32-bit lanes set. */
+static const int32_t tail_bits[2 * W] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+INLINE __m256i tail_mask(int64_t r) {
+  return _mm256_loadu_si256((const __m256i *)(tail_bits + W - (r < W ? r : W)));
+}
+
+/* The 64-bit masks for lanes 0-3 and 4-7 of a 32-bit lane mask. */
+INLINE __m256i mask_lo64(__m256i k) { return _mm256_cvtepi32_epi64(_mm256_castsi256_si128(k)); }
+INLINE __m256i mask_hi64(__m256i k) { return _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1)); }
+
+INLINE __m256 neg8(__m256 x) { return _mm256_xor_ps(x, _mm256_set1_ps(-0.0f)); }
+INLINE __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+INLINE __m256 isnan8(__m256 x) { return _mm256_cmp_ps(x, x, _CMP_UNORD_Q); }
+
+INLINE __m256 sigmoid8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, Sleef_expf8_u10avx2(neg8(x))));
+}
+
+/* max_ps(a, b) returns b when either is NaN, so only a NaN in a needs putting back:
+ * the same as the scalar (a > b || isnan(a)) ? a : b. */
+INLINE __m256 max8(__m256 a, __m256 b) { return _mm256_blendv_ps(_mm256_max_ps(a, b), a, isnan8(a)); }
+INLINE __m256 min8(__m256 a, __m256 b) { return _mm256_blendv_ps(_mm256_min_ps(a, b), a, isnan8(a)); }
+
+INLINE __m256 un8(sn_unop op, __m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  switch (op) {
+  case SN_EXP: return Sleef_expf8_u10avx2(x);
+  case SN_LOG: return Sleef_logf8_u10avx2(x);
+  case SN_TANH: return Sleef_tanhf8_u10avx2(x);
+  case SN_SIGMOID: return sigmoid8(x);
+  case SN_SILU: return _mm256_mul_ps(x, sigmoid8(x));
+  case SN_GELU: {
+    __m256 e = Sleef_erff8_u10avx2(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752440f)));
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, e));
+  }
+  case SN_SOFTPLUS: {
+    /* max_ps(x, 0) is 0 for NaN x; the NaN arrives through log1p. */
+    __m256 l = Sleef_log1pf8_u10avx2(Sleef_expf8_u10avx2(neg8(abs8(x))));
+    return _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), l);
+  }
+  case SN_SQRT: return _mm256_sqrt_ps(x);
+  case SN_RSQRT: return _mm256_div_ps(one, _mm256_sqrt_ps(x));
+  case SN_ABS: return abs8(x);
+  case SN_NEG: return neg8(x);
+  default: return _mm256_set1_ps(NAN);
+  }
+}
+
+INLINE __m256 bin8(sn_binop op, __m256 a, __m256 b) {
+  switch (op) {
+  case SN_ADD: return _mm256_add_ps(a, b);
+  case SN_SUB: return _mm256_sub_ps(a, b);
+  case SN_MUL: return _mm256_mul_ps(a, b);
+  case SN_DIV: return _mm256_div_ps(a, b);
+  case SN_POW: return Sleef_powf8_u10avx2(a, b);
+  case SN_MAX: return max8(a, b);
+  case SN_MIN: return min8(a, b);
+  default: return _mm256_set1_ps(NAN);
+  }
+}
+
+/* Each op gets its own inlined loop (the switches pass constants), so no loop branches on
+ * the op per vector. */
+INLINE void unary_loop(sn_unop op, float *y, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) _mm256_storeu_ps(y + i, un8(op, _mm256_loadu_ps(x + i)));
+  if (i < n) {
+    __m256i k = tail_mask(n - i);
+    _mm256_maskstore_ps(y + i, k, un8(op, _mm256_maskload_ps(x + i, k)));
+  }
+}
+
+static void unary(sn_unop op, float *y, const float *x, int64_t n) {
+  switch (op) {
+  case SN_EXP: unary_loop(SN_EXP, y, x, n); break;
+  case SN_LOG: unary_loop(SN_LOG, y, x, n); break;
+  case SN_TANH: unary_loop(SN_TANH, y, x, n); break;
+  case SN_SIGMOID: unary_loop(SN_SIGMOID, y, x, n); break;
+  case SN_SILU: unary_loop(SN_SILU, y, x, n); break;
+  case SN_GELU: unary_loop(SN_GELU, y, x, n); break;
+  case SN_SOFTPLUS: unary_loop(SN_SOFTPLUS, y, x, n); break;
+  case SN_SQRT: unary_loop(SN_SQRT, y, x, n); break;
+  case SN_RSQRT: unary_loop(SN_RSQRT, y, x, n); break;
+  case SN_ABS: unary_loop(SN_ABS, y, x, n); break;
+  case SN_NEG: unary_loop(SN_NEG, y, x, n); break;
+  default: break;
+  }
+}
+
+INLINE void binary_loop(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    _mm256_storeu_ps(y + i, bin8(op, _mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+  if (i < n) {
+    __m256i k = tail_mask(n - i);
+    _mm256_maskstore_ps(y + i, k, bin8(op, _mm256_maskload_ps(a + i, k), _mm256_maskload_ps(b + i, k)));
+  }
+}
+
+static void binary(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
+  switch (op) {
+  case SN_ADD: binary_loop(SN_ADD, y, a, b, n); break;
+  case SN_SUB: binary_loop(SN_SUB, y, a, b, n); break;
+  case SN_MUL: binary_loop(SN_MUL, y, a, b, n); break;
+  case SN_DIV: binary_loop(SN_DIV, y, a, b, n); break;
+  case SN_POW: binary_loop(SN_POW, y, a, b, n); break;
+  case SN_MAX: binary_loop(SN_MAX, y, a, b, n); break;
+  case SN_MIN: binary_loop(SN_MIN, y, a, b, n); break;
+  default: break;
+  }
+}
+
+INLINE __m256 bin8_ordered(sn_binop op, __m256 a, __m256 s, bool first) {
+  return first ? bin8(op, s, a) : bin8(op, a, s);
+}
+
+INLINE void scalar_loop(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
+  __m256 sv = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    _mm256_storeu_ps(y + i, bin8_ordered(op, _mm256_loadu_ps(a + i), sv, first));
+  if (i < n) {
+    __m256i k = tail_mask(n - i);
+    _mm256_maskstore_ps(y + i, k, bin8_ordered(op, _mm256_maskload_ps(a + i, k), sv, first));
+  }
+}
+
+static void binary_scalar(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
+  switch (op) {
+  case SN_ADD: scalar_loop(SN_ADD, y, a, s, n, first); break;
+  case SN_SUB: scalar_loop(SN_SUB, y, a, s, n, first); break;
+  case SN_MUL: scalar_loop(SN_MUL, y, a, s, n, first); break;
+  case SN_DIV: scalar_loop(SN_DIV, y, a, s, n, first); break;
+  case SN_POW: scalar_loop(SN_POW, y, a, s, n, first); break;
+  case SN_MAX: scalar_loop(SN_MAX, y, a, s, n, first); break;
+  case SN_MIN: scalar_loop(SN_MIN, y, a, s, n, first); break;
+  default: break;
+  }
+}
+
+/* The 8 float lanes added into 4 double lanes. */
+INLINE __m256d widen(__m256 s) {
+  return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
+                       _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+}
+
+/* f(x - m): the identity for plain sums, exp for sumexp (with_exp is a constant). */
+INLINE __m256 term8(__m256 v, bool with_exp, __m256 m) {
+  return with_exp ? Sleef_expf8_u10avx2(_mm256_sub_ps(v, m)) : v;
+}
+
+/* Sums f(x - m) over x[0..n): four float accumulators within each SN_VEC_SUM_BLOCK
+ * (enough to hide add latency), blocks added in double. */
+INLINE double block_sum(const float *x, int64_t n, bool with_exp, float m) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256d total = _mm256_setzero_pd();
+  for (int64_t b = 0; b < n; b += SN_VEC_SUM_BLOCK) {
+    const float *p = x + b;
+    int64_t len = n - b < SN_VEC_SUM_BLOCK ? n - b : SN_VEC_SUM_BLOCK;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 4 * W <= len; i += 4 * W) {
+      s0 = _mm256_add_ps(s0, term8(_mm256_loadu_ps(p + i), with_exp, mv));
+      s1 = _mm256_add_ps(s1, term8(_mm256_loadu_ps(p + i + W), with_exp, mv));
+      s2 = _mm256_add_ps(s2, term8(_mm256_loadu_ps(p + i + 2 * W), with_exp, mv));
+      s3 = _mm256_add_ps(s3, term8(_mm256_loadu_ps(p + i + 3 * W), with_exp, mv));
+    }
+    for (; i < len; i += W) {
+      __m256i k = tail_mask(len - i);
+      __m256 t = term8(_mm256_maskload_ps(p + i, k), with_exp, mv);
+      s0 = _mm256_add_ps(s0, _mm256_and_ps(t, _mm256_castsi256_ps(k)));
+    }
+    total = _mm256_add_pd(total, widen(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3))));
+  }
+  __m128d h = _mm_add_pd(_mm256_castpd256_pd128(total), _mm256_extractf128_pd(total, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+static double sum(const float *x, int64_t n) { return block_sum(x, n, false, 0.0f); }
+
+static double sumexp(const float *x, float m, int64_t n) { return block_sum(x, n, true, m); }
+
+INLINE __m256 pick8(__m256 a, __m256 b, bool is_max) { return is_max ? max8(a, b) : min8(a, b); }
+
+/* max8/min8 keep a NaN once it is in an accumulator, so a NaN lane at the end means a
+ * NaN was seen; the padding of the tail is the identity (-inf / +inf). */
+INLINE float extreme(const float *x, int64_t n, bool is_max) {
+  const __m256 pad = _mm256_set1_ps(is_max ? -INFINITY : INFINITY);
+  __m256 v0 = pad, v1 = pad, v2 = pad, v3 = pad;
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    v0 = pick8(v0, _mm256_loadu_ps(x + i), is_max);
+    v1 = pick8(v1, _mm256_loadu_ps(x + i + W), is_max);
+    v2 = pick8(v2, _mm256_loadu_ps(x + i + 2 * W), is_max);
+    v3 = pick8(v3, _mm256_loadu_ps(x + i + 3 * W), is_max);
+  }
+  for (; i < n; i += W) {
+    __m256i k = tail_mask(n - i);
+    v0 = pick8(v0, _mm256_blendv_ps(pad, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k)), is_max);
+  }
+  __m256 r = pick8(pick8(v0, v1, is_max), pick8(v2, v3, is_max), is_max);
+  if (_mm256_movemask_ps(isnan8(r))) return NAN;
+  float lanes[W];
+  _mm256_storeu_ps(lanes, r);
+  float v = lanes[0];
+  for (int i = 1; i < W; i++) v = is_max ? fmaxf(v, lanes[i]) : fminf(v, lanes[i]);
+  return v;
+}
+
+static float max(const float *x, int64_t n) { return extreme(x, n, true); }
+
+static float min(const float *x, int64_t n) { return extreme(x, n, false); }
+
+static int64_t find(const float *x, int64_t n, float v) {
+  const bool nan = isnan(v);
+  const __m256 vv = _mm256_set1_ps(v);
+  for (int64_t i = 0; i < n; i += W) {
+    __m256i k = tail_mask(n - i);
+    __m256 t = _mm256_maskload_ps(x + i, k);
+    __m256 eq = nan ? isnan8(t) : _mm256_cmp_ps(t, vv, _CMP_EQ_OQ);
+    int hit = _mm256_movemask_ps(_mm256_and_ps(eq, _mm256_castsi256_ps(k)));
+    if (hit) return i + __builtin_ctz((unsigned)hit);
+  }
+  return n;
+}
+
+/* acc[j] += t[j] in double for the 8 lanes under mask k. */
+INLINE void add_wide(double *acc, __m256 t, __m256i k) {
+  __m256i k0 = mask_lo64(k), k1 = mask_hi64(k);
+  __m256d lo = _mm256_add_pd(_mm256_maskload_pd(acc, k0), _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+  __m256d hi = _mm256_add_pd(_mm256_maskload_pd(acc + 4, k1), _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+  _mm256_maskstore_pd(acc, k0, lo);
+  _mm256_maskstore_pd(acc + 4, k1, hi);
+}
+
+static void acc_add(double *acc, const float *x, int64_t n) {
+  for (int64_t j = 0; j < n; j += W) {
+    __m256i k = tail_mask(n - j);
+    add_wide(acc + j, _mm256_maskload_ps(x + j, k), k);
+  }
+}
+
+static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
+  for (int64_t j = 0; j < n; j += W) {
+    __m256i k = tail_mask(n - j);
+    __m256 d = _mm256_sub_ps(_mm256_maskload_ps(x + j, k), _mm256_maskload_ps(m + j, k));
+    add_wide(acc + j, Sleef_expf8_u10avx2(d), k);
+  }
+}
+
+/* A lane updates when x beats best (strict, so ties keep the first row) or when x is the
+ * first NaN. */
+INLINE void acc_arg(float *best, int64_t *idx, const float *x, int64_t r, int64_t n, bool is_max) {
+  const __m256i rv = _mm256_set1_epi64x(r);
+  for (int64_t j = 0; j < n; j += W) {
+    __m256i k = tail_mask(n - j);
+    __m256 t = _mm256_maskload_ps(x + j, k), b = _mm256_maskload_ps(best + j, k);
+    __m256 beats = is_max ? _mm256_cmp_ps(t, b, _CMP_GT_OQ) : _mm256_cmp_ps(t, b, _CMP_LT_OQ);
+    beats = _mm256_or_ps(beats, _mm256_andnot_ps(isnan8(b), isnan8(t)));
+    __m256i upd = _mm256_and_si256(_mm256_castps_si256(beats), k);
+    _mm256_maskstore_ps(best + j, upd, t);
+    _mm256_maskstore_epi64((long long *)(idx + j), mask_lo64(upd), rv);
+    _mm256_maskstore_epi64((long long *)(idx + j + 4), mask_hi64(upd), rv);
+  }
+}
+
+static void acc_argmax(float *best, int64_t *idx, const float *x, int64_t r, int64_t n) {
+  acc_arg(best, idx, x, r, n, true);
+}
+
+static void acc_argmin(float *best, int64_t *idx, const float *x, int64_t r, int64_t n) {
+  acc_arg(best, idx, x, r, n, false);
+}
+
+const sn_vec_ops sn_vec_avx2 = {
+    .name = "avx2",
+    .unary = unary,
+    .binary = binary,
+    .binary_scalar = binary_scalar,
+    .sum = sum,
+    .sumexp = sumexp,
+    .max = max,
+    .min = min,
+    .find = find,
+    .acc_add = acc_add,
+    .acc_sumexp = acc_sumexp,
+    .acc_argmax = acc_argmax,
+    .acc_argmin = acc_argmin,
+};

@@ -1,0 +1,284 @@
+/* simd/vec_avx512.c -- the AVX-512 (F, BW, DQ, VL) table: 16 floats per vector, SLEEF
+ * u10 transcendentals, masked loads and stores for tails (masked-off lanes never fault). */
+#include <immintrin.h>
+#include <math.h>
+#include <sleef.h>
+
+#include "simd/vec.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define W 16
+
+INLINE __mmask16 tail_mask(int64_t r) { return (__mmask16)((1u << r) - 1u); }
+
+INLINE __m512 neg16(__m512 x) { return _mm512_xor_ps(x, _mm512_set1_ps(-0.0f)); }
+
+INLINE __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, Sleef_expf16_u10avx512f(neg16(x))));
+}
+
+/* max_ps(a, b) returns b when either is NaN, so only a NaN in a needs putting back:
+ * the same as the scalar (a > b || isnan(a)) ? a : b. */
+INLINE __m512 max16(__m512 a, __m512 b) {
+  return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+}
+
+INLINE __m512 min16(__m512 a, __m512 b) {
+  return _mm512_mask_mov_ps(_mm512_min_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+}
+
+INLINE __m512 un16(sn_unop op, __m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  switch (op) {
+  case SN_EXP: return Sleef_expf16_u10avx512f(x);
+  case SN_LOG: return Sleef_logf16_u10avx512f(x);
+  case SN_TANH: return Sleef_tanhf16_u10avx512f(x);
+  case SN_SIGMOID: return sigmoid16(x);
+  case SN_SILU: return _mm512_mul_ps(x, sigmoid16(x));
+  case SN_GELU: {
+    __m512 e = Sleef_erff16_u10avx512f(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752440f)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, e));
+  }
+  case SN_SOFTPLUS: {
+    /* max_ps(x, 0) is 0 for NaN x; the NaN arrives through log1p. */
+    __m512 l = Sleef_log1pf16_u10avx512f(Sleef_expf16_u10avx512f(neg16(_mm512_abs_ps(x))));
+    return _mm512_add_ps(_mm512_max_ps(x, _mm512_setzero_ps()), l);
+  }
+  case SN_SQRT: return _mm512_sqrt_ps(x);
+  case SN_RSQRT: return _mm512_div_ps(one, _mm512_sqrt_ps(x));
+  case SN_ABS: return _mm512_abs_ps(x);
+  case SN_NEG: return neg16(x);
+  default: return _mm512_set1_ps(NAN);
+  }
+}
+
+INLINE __m512 bin16(sn_binop op, __m512 a, __m512 b) {
+  switch (op) {
+  case SN_ADD: return _mm512_add_ps(a, b);
+  case SN_SUB: return _mm512_sub_ps(a, b);
+  case SN_MUL: return _mm512_mul_ps(a, b);
+  case SN_DIV: return _mm512_div_ps(a, b);
+  case SN_POW: return Sleef_powf16_u10avx512f(a, b);
+  case SN_MAX: return max16(a, b);
+  case SN_MIN: return min16(a, b);
+  default: return _mm512_set1_ps(NAN);
+  }
+}
+
+/* Each op gets its own inlined loop (the switches pass constants), so no loop branches on
+ * the op per vector. */
+INLINE void unary_loop(sn_unop op, float *y, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) _mm512_storeu_ps(y + i, un16(op, _mm512_loadu_ps(x + i)));
+  if (i < n) {
+    __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, k, un16(op, _mm512_maskz_loadu_ps(k, x + i)));
+  }
+}
+
+static void unary(sn_unop op, float *y, const float *x, int64_t n) {
+  switch (op) {
+  case SN_EXP: unary_loop(SN_EXP, y, x, n); break;
+  case SN_LOG: unary_loop(SN_LOG, y, x, n); break;
+  case SN_TANH: unary_loop(SN_TANH, y, x, n); break;
+  case SN_SIGMOID: unary_loop(SN_SIGMOID, y, x, n); break;
+  case SN_SILU: unary_loop(SN_SILU, y, x, n); break;
+  case SN_GELU: unary_loop(SN_GELU, y, x, n); break;
+  case SN_SOFTPLUS: unary_loop(SN_SOFTPLUS, y, x, n); break;
+  case SN_SQRT: unary_loop(SN_SQRT, y, x, n); break;
+  case SN_RSQRT: unary_loop(SN_RSQRT, y, x, n); break;
+  case SN_ABS: unary_loop(SN_ABS, y, x, n); break;
+  case SN_NEG: unary_loop(SN_NEG, y, x, n); break;
+  default: break;
+  }
+}
+
+INLINE void binary_loop(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    _mm512_storeu_ps(y + i, bin16(op, _mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+  if (i < n) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 r = bin16(op, _mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i));
+    _mm512_mask_storeu_ps(y + i, k, r);
+  }
+}
+
+static void binary(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
+  switch (op) {
+  case SN_ADD: binary_loop(SN_ADD, y, a, b, n); break;
+  case SN_SUB: binary_loop(SN_SUB, y, a, b, n); break;
+  case SN_MUL: binary_loop(SN_MUL, y, a, b, n); break;
+  case SN_DIV: binary_loop(SN_DIV, y, a, b, n); break;
+  case SN_POW: binary_loop(SN_POW, y, a, b, n); break;
+  case SN_MAX: binary_loop(SN_MAX, y, a, b, n); break;
+  case SN_MIN: binary_loop(SN_MIN, y, a, b, n); break;
+  default: break;
+  }
+}
+
+INLINE __m512 bin16_ordered(sn_binop op, __m512 a, __m512 s, bool first) {
+  return first ? bin16(op, s, a) : bin16(op, a, s);
+}
+
+INLINE void scalar_loop(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
+  __m512 sv = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    _mm512_storeu_ps(y + i, bin16_ordered(op, _mm512_loadu_ps(a + i), sv, first));
+  if (i < n) {
+    __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, k, bin16_ordered(op, _mm512_maskz_loadu_ps(k, a + i), sv, first));
+  }
+}
+
+static void binary_scalar(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
+  switch (op) {
+  case SN_ADD: scalar_loop(SN_ADD, y, a, s, n, first); break;
+  case SN_SUB: scalar_loop(SN_SUB, y, a, s, n, first); break;
+  case SN_MUL: scalar_loop(SN_MUL, y, a, s, n, first); break;
+  case SN_DIV: scalar_loop(SN_DIV, y, a, s, n, first); break;
+  case SN_POW: scalar_loop(SN_POW, y, a, s, n, first); break;
+  case SN_MAX: scalar_loop(SN_MAX, y, a, s, n, first); break;
+  case SN_MIN: scalar_loop(SN_MIN, y, a, s, n, first); break;
+  default: break;
+  }
+}
+
+/* The 16 float lanes added into 8 double lanes. */
+INLINE __m512d widen(__m512 s) {
+  return _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
+                       _mm512_cvtps_pd(_mm512_extractf32x8_ps(s, 1)));
+}
+
+/* f(x - m): the identity for plain sums, exp for sumexp (with_exp is a constant). */
+INLINE __m512 term16(__m512 v, bool with_exp, __m512 m) {
+  return with_exp ? Sleef_expf16_u10avx512f(_mm512_sub_ps(v, m)) : v;
+}
+
+/* Sums f(x - m) over x[0..n): four float accumulators within each SN_VEC_SUM_BLOCK
+ * (enough to hide add latency), blocks added in double. */
+INLINE double block_sum(const float *x, int64_t n, bool with_exp, float m) {
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512d total = _mm512_setzero_pd();
+  for (int64_t b = 0; b < n; b += SN_VEC_SUM_BLOCK) {
+    const float *p = x + b;
+    int64_t len = n - b < SN_VEC_SUM_BLOCK ? n - b : SN_VEC_SUM_BLOCK;
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 4 * W <= len; i += 4 * W) {
+      s0 = _mm512_add_ps(s0, term16(_mm512_loadu_ps(p + i), with_exp, mv));
+      s1 = _mm512_add_ps(s1, term16(_mm512_loadu_ps(p + i + W), with_exp, mv));
+      s2 = _mm512_add_ps(s2, term16(_mm512_loadu_ps(p + i + 2 * W), with_exp, mv));
+      s3 = _mm512_add_ps(s3, term16(_mm512_loadu_ps(p + i + 3 * W), with_exp, mv));
+    }
+    for (; i < len; i += W) {
+      __mmask16 k = len - i >= W ? (__mmask16)0xFFFF : tail_mask(len - i);
+      s0 = _mm512_add_ps(s0, _mm512_maskz_mov_ps(k, term16(_mm512_maskz_loadu_ps(k, p + i), with_exp, mv)));
+    }
+    total = _mm512_add_pd(total, widen(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))));
+  }
+  return _mm512_reduce_add_pd(total);
+}
+
+static double sum(const float *x, int64_t n) { return block_sum(x, n, false, 0.0f); }
+
+static double sumexp(const float *x, float m, int64_t n) { return block_sum(x, n, true, m); }
+
+INLINE __m512 pick16(__m512 a, __m512 b, bool is_max) { return is_max ? max16(a, b) : min16(a, b); }
+
+/* max16/min16 keep a NaN once it is in an accumulator, so a NaN lane at the end means a
+ * NaN was seen; the padding of the tail is the identity (-inf / +inf). */
+INLINE float extreme(const float *x, int64_t n, bool is_max) {
+  const __m512 pad = _mm512_set1_ps(is_max ? -INFINITY : INFINITY);
+  __m512 v0 = pad, v1 = pad, v2 = pad, v3 = pad;
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    v0 = pick16(v0, _mm512_loadu_ps(x + i), is_max);
+    v1 = pick16(v1, _mm512_loadu_ps(x + i + W), is_max);
+    v2 = pick16(v2, _mm512_loadu_ps(x + i + 2 * W), is_max);
+    v3 = pick16(v3, _mm512_loadu_ps(x + i + 3 * W), is_max);
+  }
+  for (; i < n; i += W) {
+    __mmask16 k = n - i >= W ? (__mmask16)0xFFFF : tail_mask(n - i);
+    v0 = pick16(v0, _mm512_mask_loadu_ps(pad, k, x + i), is_max);
+  }
+  __m512 r = pick16(pick16(v0, v1, is_max), pick16(v2, v3, is_max), is_max);
+  if (_mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q)) return NAN;
+  return is_max ? _mm512_reduce_max_ps(r) : _mm512_reduce_min_ps(r);
+}
+
+static float max(const float *x, int64_t n) { return extreme(x, n, true); }
+
+static float min(const float *x, int64_t n) { return extreme(x, n, false); }
+
+static int64_t find(const float *x, int64_t n, float v) {
+  const bool nan = isnan(v);
+  const __m512 vv = _mm512_set1_ps(v);
+  for (int64_t i = 0; i < n; i += W) {
+    __mmask16 k = n - i >= W ? (__mmask16)0xFFFF : tail_mask(n - i);
+    __m512 t = _mm512_maskz_loadu_ps(k, x + i);
+    __mmask16 hit = nan ? _mm512_mask_cmp_ps_mask(k, t, t, _CMP_UNORD_Q)
+                        : _mm512_mask_cmp_ps_mask(k, t, vv, _CMP_EQ_OQ);
+    if (hit) return i + __builtin_ctz(hit);
+  }
+  return n;
+}
+
+static void acc_add(double *acc, const float *x, int64_t n) {
+  for (int64_t j = 0; j < n; j += 8) {
+    __mmask8 k = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)tail_mask(n - j);
+    __m512d t = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, x + j));
+    _mm512_mask_storeu_pd(acc + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, acc + j), t));
+  }
+}
+
+static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
+  for (int64_t j = 0; j < n; j += 8) {
+    __mmask8 k = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)tail_mask(n - j);
+    __m256 d = _mm256_sub_ps(_mm256_maskz_loadu_ps(k, x + j), _mm256_maskz_loadu_ps(k, m + j));
+    __m512d t = _mm512_cvtps_pd(Sleef_expf8_u10avx2(d));
+    _mm512_mask_storeu_pd(acc + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, acc + j), t));
+  }
+}
+
+/* A lane updates when x beats best (strict, so ties keep the first row) or when x is the
+ * first NaN. */
+INLINE void acc_arg(float *best, int64_t *idx, const float *x, int64_t r, int64_t n, bool is_max) {
+  const __m512i rv = _mm512_set1_epi64(r);
+  for (int64_t j = 0; j < n; j += W) {
+    __mmask16 k = n - j >= W ? (__mmask16)0xFFFF : tail_mask(n - j);
+    __m512 t = _mm512_maskz_loadu_ps(k, x + j), b = _mm512_maskz_loadu_ps(k, best + j);
+    __mmask16 upd = is_max ? _mm512_mask_cmp_ps_mask(k, t, b, _CMP_GT_OQ)
+                           : _mm512_mask_cmp_ps_mask(k, t, b, _CMP_LT_OQ);
+    upd |= _mm512_mask_cmp_ps_mask(k, t, t, _CMP_UNORD_Q) & ~_mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
+    _mm512_mask_storeu_ps(best + j, upd, t);
+    _mm512_mask_storeu_epi64(idx + j, (__mmask8)upd, rv);
+    _mm512_mask_storeu_epi64(idx + j + 8, (__mmask8)(upd >> 8), rv);
+  }
+}
+
+static void acc_argmax(float *best, int64_t *idx, const float *x, int64_t r, int64_t n) {
+  acc_arg(best, idx, x, r, n, true);
+}
+
+static void acc_argmin(float *best, int64_t *idx, const float *x, int64_t r, int64_t n) {
+  acc_arg(best, idx, x, r, n, false);
+}
+
+const sn_vec_ops sn_vec_avx512 = {
+    .name = "avx512",
+    .unary = unary,
+    .binary = binary,
+    .binary_scalar = binary_scalar,
+    .sum = sum,
+    .sumexp = sumexp,
+    .max = max,
+    .min = min,
+    .find = find,
+    .acc_add = acc_add,
+    .acc_sumexp = acc_sumexp,
+    .acc_argmax = acc_argmax,
+    .acc_argmin = acc_argmin,
+};

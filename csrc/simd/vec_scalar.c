@@ -1,0 +1,176 @@
+/* simd/vec_scalar.c -- the portable table: plain loops over libm, for CPUs without AVX2
+ * and as the reference the vector tables are tested against. */
+#include <math.h>
+
+#include "simd/vec.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+static const float inv_sqrt2 = 0.70710678118654752440f;
+
+/* Each op is a separate inlined loop (the switch below passes a constant), so no loop
+ * branches on the op per element. */
+INLINE float un1(sn_unop op, float x) {
+  switch (op) {
+  case SN_EXP: return expf(x);
+  case SN_LOG: return logf(x);
+  case SN_TANH: return tanhf(x);
+  case SN_SIGMOID: return 1.0f / (1.0f + expf(-x)); /* exp overflow gives 0, not NaN */
+  case SN_SILU: return x * (1.0f / (1.0f + expf(-x)));
+  case SN_GELU: return 0.5f * x * (1.0f + erff(x * inv_sqrt2));
+  /* max(x,0) + log1p(exp(-|x|)) never overflows; NaN reaches the result through log1p. */
+  case SN_SOFTPLUS: return (x > 0.0f ? x : 0.0f) + log1pf(expf(-fabsf(x)));
+  case SN_SQRT: return sqrtf(x);
+  case SN_RSQRT: return 1.0f / sqrtf(x);
+  case SN_ABS: return fabsf(x);
+  case SN_NEG: return -x;
+  default: return NAN;
+  }
+}
+
+/* NaN in either operand wins (fmaxf would drop it). */
+INLINE float max1(float a, float b) { return (a > b || isnan(a)) ? a : b; }
+INLINE float min1(float a, float b) { return (a < b || isnan(a)) ? a : b; }
+
+INLINE float bin1(sn_binop op, float a, float b) {
+  switch (op) {
+  case SN_ADD: return a + b;
+  case SN_SUB: return a - b;
+  case SN_MUL: return a * b;
+  case SN_DIV: return a / b;
+  case SN_POW: return powf(a, b);
+  case SN_MAX: return max1(a, b);
+  case SN_MIN: return min1(a, b);
+  default: return NAN;
+  }
+}
+
+INLINE void unary_loop(sn_unop op, float *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = un1(op, x[i]);
+}
+
+static void unary(sn_unop op, float *y, const float *x, int64_t n) {
+  switch (op) {
+  case SN_EXP: unary_loop(SN_EXP, y, x, n); break;
+  case SN_LOG: unary_loop(SN_LOG, y, x, n); break;
+  case SN_TANH: unary_loop(SN_TANH, y, x, n); break;
+  case SN_SIGMOID: unary_loop(SN_SIGMOID, y, x, n); break;
+  case SN_SILU: unary_loop(SN_SILU, y, x, n); break;
+  case SN_GELU: unary_loop(SN_GELU, y, x, n); break;
+  case SN_SOFTPLUS: unary_loop(SN_SOFTPLUS, y, x, n); break;
+  case SN_SQRT: unary_loop(SN_SQRT, y, x, n); break;
+  case SN_RSQRT: unary_loop(SN_RSQRT, y, x, n); break;
+  case SN_ABS: unary_loop(SN_ABS, y, x, n); break;
+  case SN_NEG: unary_loop(SN_NEG, y, x, n); break;
+  default: break;
+  }
+}
+
+INLINE void binary_loop(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = bin1(op, a[i], b[i]);
+}
+
+static void binary(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
+  switch (op) {
+  case SN_ADD: binary_loop(SN_ADD, y, a, b, n); break;
+  case SN_SUB: binary_loop(SN_SUB, y, a, b, n); break;
+  case SN_MUL: binary_loop(SN_MUL, y, a, b, n); break;
+  case SN_DIV: binary_loop(SN_DIV, y, a, b, n); break;
+  case SN_POW: binary_loop(SN_POW, y, a, b, n); break;
+  case SN_MAX: binary_loop(SN_MAX, y, a, b, n); break;
+  case SN_MIN: binary_loop(SN_MIN, y, a, b, n); break;
+  default: break;
+  }
+}
+
+INLINE void scalar_loop(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
+  if (first)
+    for (int64_t i = 0; i < n; i++) y[i] = bin1(op, s, a[i]);
+  else
+    for (int64_t i = 0; i < n; i++) y[i] = bin1(op, a[i], s);
+}
+
+static void binary_scalar(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
+  switch (op) {
+  case SN_ADD: scalar_loop(SN_ADD, y, a, s, n, first); break;
+  case SN_SUB: scalar_loop(SN_SUB, y, a, s, n, first); break;
+  case SN_MUL: scalar_loop(SN_MUL, y, a, s, n, first); break;
+  case SN_DIV: scalar_loop(SN_DIV, y, a, s, n, first); break;
+  case SN_POW: scalar_loop(SN_POW, y, a, s, n, first); break;
+  case SN_MAX: scalar_loop(SN_MAX, y, a, s, n, first); break;
+  case SN_MIN: scalar_loop(SN_MIN, y, a, s, n, first); break;
+  default: break;
+  }
+}
+
+/* Plain double accumulation: exact enough, and speed is the vector tables' business. */
+static double sum(const float *x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += x[i];
+  return s;
+}
+
+static double sumexp(const float *x, float m, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += expf(x[i] - m);
+  return s;
+}
+
+static float max(const float *x, int64_t n) {
+  float v = x[0];
+  for (int64_t i = 1; i < n; i++) v = max1(v, x[i]);
+  return v;
+}
+
+static float min(const float *x, int64_t n) {
+  float v = x[0];
+  for (int64_t i = 1; i < n; i++) v = min1(v, x[i]);
+  return v;
+}
+
+static int64_t find(const float *x, int64_t n, float v) {
+  bool nan = isnan(v);
+  for (int64_t i = 0; i < n; i++)
+    if (nan ? isnan(x[i]) : x[i] == v) return i;
+  return n;
+}
+
+static void acc_add(double *acc, const float *x, int64_t n) {
+  for (int64_t j = 0; j < n; j++) acc[j] += x[j];
+}
+
+static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
+  for (int64_t j = 0; j < n; j++) acc[j] += expf(x[j] - m[j]);
+}
+
+static void acc_argmax(float *best, int64_t *idx, const float *x, int64_t r, int64_t n) {
+  for (int64_t j = 0; j < n; j++)
+    if (x[j] > best[j] || (isnan(x[j]) && !isnan(best[j]))) {
+      best[j] = x[j];
+      idx[j] = r;
+    }
+}
+
+static void acc_argmin(float *best, int64_t *idx, const float *x, int64_t r, int64_t n) {
+  for (int64_t j = 0; j < n; j++)
+    if (x[j] < best[j] || (isnan(x[j]) && !isnan(best[j]))) {
+      best[j] = x[j];
+      idx[j] = r;
+    }
+}
+
+const sn_vec_ops sn_vec_scalar = {
+    .name = "scalar",
+    .unary = unary,
+    .binary = binary,
+    .binary_scalar = binary_scalar,
+    .sum = sum,
+    .sumexp = sumexp,
+    .max = max,
+    .min = min,
+    .find = find,
+    .acc_add = acc_add,
+    .acc_sumexp = acc_sumexp,
+    .acc_argmax = acc_argmax,
+    .acc_argmin = acc_argmin,
+};

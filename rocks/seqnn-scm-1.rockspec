@@ -1,0 +1,48 @@
+-- seqnn rock: `luarocks --lua-version 5.4 make rocks/seqnn-scm-1.rockspec [--tree DIR]`
+-- from the checkout. The Makefile does the work: `make all` with luarocks' compiler
+-- variables, then `make install` into the rock's own directories (LIBDIR, LUADIR, BINDIR),
+-- which luarocks deploys to the tree: lib/lua/5.4/seqnn/core.so, share/lua/5.4/seqnn/*.lua,
+-- and bin/seqnn (a Lua script, so luarocks wraps it with the tree's package paths).
+rockspec_format = "3.0"
+package = "seqnn"
+version = "scm-1"
+
+source = {
+  url = "git+file://.",  -- not fetched by `luarocks make`, which builds the checkout it runs in
+}
+
+description = {
+  summary = "Neural sequence engine for CPUs: fused SIMD kernels driven from Lua",
+  detailed = [[
+    Tensors, tape autograd and fused kernels for attention, selective scan (Mamba),
+    delta rule / gated linear attention, hashing memory and block-sparse matmul,
+    with nn modules, optimizers and a Torch7-style REPL (`seqnn`).
+  ]],
+}
+
+dependencies = {
+  "lua >= 5.4",
+}
+
+build = {
+  type = "make",
+  build_target = "all",
+  build_variables = {
+    CFLAGS = "$(CFLAGS)",
+    LIBFLAG = "$(LIBFLAG)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
+    LUA = "$(LUA)",
+  },
+  install_target = "install",
+  install_variables = {
+    LIBDIR = "$(LIBDIR)",
+    LUADIR = "$(LUADIR)",
+    BINDIR = "$(BINDIR)",
+    PREFIX = "$(PREFIX)",
+  },
+}
+
+test = {
+  type = "command",
+  command = "make test",
+}

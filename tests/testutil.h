@@ -1,0 +1,56 @@
+/* testutil.h -- helpers shared by the Criterion tests: tensors from shapes, fills with
+ * deterministic random values, and comparisons against double-precision references. */
+#ifndef SN_TESTUTIL_H
+#define SN_TESTUTIL_H
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+
+#include "seqnn.h"
+
+/* A contiguous tensor of the given shape; fails the test on error. */
+static inline sn_tensor tu_empty(sn_ctx *ctx, sn_dtype dt, int ndim, const int64_t *size) {
+  sn_tensor t;
+  sn_status st = sn_tensor_empty(ctx, &t, dt, ndim, size);
+  cr_assert_eq(st, SN_OK, "sn_tensor_empty: %s", ctx->err);
+  return t;
+}
+
+/* Deterministic values in [-1, 1) from a small LCG, independent of the library's RNG. */
+static inline void tu_fill_f32(sn_tensor *t, uint32_t seed) {
+  float *p = sn_f32(t);
+  uint32_t s = seed * 2654435761u + 12345u;
+  for (int64_t i = 0; i < sn_numel(t); i++) {
+    s = s * 1664525u + 1013904223u;
+    p[i] = (float)((s >> 8) * (1.0 / 16777216.0) * 2.0 - 1.0);
+  }
+}
+
+/* Reads element `linear` (row-major over t's shape) through t's strides. */
+static inline double tu_get(const sn_tensor *t, int64_t linear) {
+  int64_t off = 0;
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    int64_t i = linear % t->size[d];
+    linear /= t->size[d];
+    off += i * t->stride[d];
+  }
+  const char *base = (const char *)t->storage->data + (t->offset + off) * (int64_t)sn_dtype_size(t->dtype);
+  return t->dtype == SN_F32 ? (double)*(const float *)base : (double)*(const int64_t *)base;
+}
+
+/* max_i |a_i - ref_i| / (atol + rtol*|ref_i|): <= 1 means within tolerance. */
+static inline double tu_max_scaled_err(const sn_tensor *a, const double *ref, double atol, double rtol) {
+  double worst = 0;
+  for (int64_t i = 0; i < sn_numel(a); i++) {
+    double x = tu_get(a, i), r = ref[i];
+    double e;
+    if (isnan(r) || isnan(x)) e = (isnan(r) && isnan(x)) ? 0 : INFINITY;
+    else if (isinf(r) || isinf(x)) e = (x == r) ? 0 : INFINITY;
+    else e = fabs(x - r) / (atol + rtol * fabs(r));
+    if (e > worst) worst = e;
+  }
+  return worst;
+}
+
+#endif
