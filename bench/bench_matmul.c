@@ -162,19 +162,28 @@ static void batched(sn_ctx *ctx, int n, int batch) {
   for (int i = 0; i < 3; i++) sn_tensor_release(all[i]);
 }
 
+/* One n x n x n product: at 64 the call overhead should be a few percent, at 8 it shows. */
+static void small(sn_ctx *ctx, int n) {
+  char shape[32];
+  snprintf(shape, sizeof shape, "%dx%dx%d", n, n, n);
+  int64_t size[2] = {n, n};
+  sn_tensor a, b, out;
+  if (!new_tensor(ctx, &a, 2, size, 10) || !new_tensor(ctx, &b, 2, size, 11) ||
+      !new_tensor(ctx, &out, 2, size, 12))
+    return;
+  blas_args g = {.tb = CblasNoTrans, .M = n, .N = n, .K = n, .lda = n, .ldb = n, .batch = 1,
+                 .a = sn_f32(&a), .b = sn_f32(&b), .c = sn_f32(&out)};
+  compare(ctx, shape, &out, &a, &b, &g, "cblas_sgemm", "cblas_sgemm");
+  sn_tensor *all[] = {&a, &b, &out};
+  for (int i = 0; i < 3; i++) sn_tensor_release(all[i]);
+}
+
 void bench_matmul(void) {
   sn_ctx ctx;
   sn_ctx_init(&ctx);
   large(&ctx);
-  sn_tensor a, b, out;
-  if (new_tensor(&ctx, &a, 2, (int64_t[]){64, 64}, 10) && new_tensor(&ctx, &b, 2, (int64_t[]){64, 64}, 11) &&
-      new_tensor(&ctx, &out, 2, (int64_t[]){64, 64}, 12)) {
-    blas_args g = {.tb = CblasNoTrans, .M = 64, .N = 64, .K = 64, .lda = 64, .ldb = 64, .batch = 1,
-                   .a = sn_f32(&a), .b = sn_f32(&b), .c = sn_f32(&out)};
-    compare(&ctx, "64x64x64", &out, &a, &b, &g, "cblas_sgemm", "cblas_sgemm");
-    sn_tensor *all[] = {&a, &b, &out};
-    for (int i = 0; i < 3; i++) sn_tensor_release(all[i]);
-  }
+  small(&ctx, 64);
+  small(&ctx, 8);
   batched(&ctx, 8, 16384);
   batched(&ctx, 32, 2048);
   sn_ctx_free(&ctx);

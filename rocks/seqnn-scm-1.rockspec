@@ -14,10 +14,10 @@ source = {
 description = {
   summary = "Neural sequence engine for CPUs: fused SIMD kernels driven from Lua",
   detailed = [[
-    Tensors, tape autograd and fused kernels for attention, selective scan (Mamba),
-    delta rule / gated linear attention, hashing memory and block-sparse matmul,
-    with nn modules, optimizers and a Torch7-style REPL (`seqnn`).
+    Strided tensors with SIMD math (AVX2/AVX-512, SLEEF), OpenBLAS matmul and OpenMP
+    threads, exposed to Lua 5.4 with Torch7-style ergonomics and a REPL (`seqnn`).
   ]],
+  license = "MIT",
 }
 
 dependencies = {

@@ -292,6 +292,7 @@ static const bcase bcases[] = {
     {2, 2, 2, {3, 1}, {1, 4}, {3, 4}},
     {0, 1, 1, {0}, {5}, {5}},             /* 0-dim with (5,) */
     {1, 0, 1, {5}, {0}, {5}},
+    {0, 0, 0, {0}, {0}, {0}},             /* 0-dim with 0-dim */
     {3, 2, 3, {2, 1, 3}, {4, 1}, {2, 4, 3}},
     {2, 1, 2, {17, 33}, {33}, {17, 33}},  /* a row vector over odd rows */
     {2, 2, 2, {17, 1}, {17, 33}, {17, 33}}, /* a column: stride 0 inside each row */
@@ -385,7 +386,8 @@ Test(elementwise, i64_ops_wrap_around_instead_of_overflowing) {
     if (!want[op]) continue;
     cr_assert_eq(sn_binary(&ctx, &out, &a, &b, op), SN_OK, "%s", ctx.err);
     for (int i = 0; i < n; i++)
-      cr_expect_eq(sn_i64(&out)[i], want[op][i], "%s [%d]: %lld", sn_binop_name(op), i, (long long)sn_i64(&out)[i]);
+      cr_expect_eq(sn_i64(&out)[i], want[op][i], "%s [%d]: %lld", sn_binop_name(op), i,
+                   (long long)sn_i64(&out)[i]);
   }
   cr_assert_eq(sn_unary(&ctx, &out, &a, SN_ABS), SN_OK);
   const int64_t abs[] = {INT64_MAX, INT64_MIN, 7, 3, 0};
@@ -457,7 +459,7 @@ Test(elementwise, rejects_wrong_out_shape_naming_every_shape) {
   int64_t row[] = {1, 3};
   sn_tensor r = tu_empty(&ctx, SN_F32, 2, row);
   cr_assert_eq(sn_expand(&ctx, &ex, &r, 2, so), SN_OK);
-  cr_expect_eq(sn_binary(&ctx, &ex, &d, &d, SN_ADD), SN_EINVAL, "an expanded out would write one element 3 times");
+  cr_expect_eq(sn_binary(&ctx, &ex, &d, &d, SN_ADD), SN_EINVAL, "an expanded out writes an element 3 times");
   cr_expect(strstr(ctx.err, "broadcast view") != NULL, "message was: %s", ctx.err);
   cr_expect_eq(sn_unary(&ctx, &out, &d, (sn_unop)SN_UNOP_COUNT), SN_EINVAL);
   cr_expect_eq(sn_binary(&ctx, &out, &d, &d, (sn_binop)-1), SN_EINVAL);

@@ -149,7 +149,7 @@ static void run_i64(const job *j, int64_t *y, int64_t sy, const int64_t *a, int6
     case UNARY: y[i * sy] = unop_i64((sn_unop)j->op, x); break;
     case BINARY: y[i * sy] = binop_i64((sn_binop)j->op, x, b[i * sb]); break;
     case SCALAR:
-      y[i * sy] = j->scalar_first ? binop_i64((sn_binop)j->op, j->si, x) : binop_i64((sn_binop)j->op, x, j->si);
+      y[i * sy] = binop_i64((sn_binop)j->op, j->scalar_first ? j->si : x, j->scalar_first ? x : j->si);
       break;
     }
   }

@@ -99,22 +99,36 @@ static sn_status copy_contiguous(sn_ctx *ctx, sn_tensor *dst, sn_storage *st, fl
   return sn_copy(ctx, dst, t);
 }
 
+/* The three shapes for a message, formatted only on failure (not on every call). */
+typedef struct {
+  char a[128], b[128], out[128];
+} shapes;
+
+static shapes shapes_of(const sn_tensor *a, const sn_tensor *b, const sn_tensor *out) {
+  shapes s;
+  sn_shape_str(a, s.a, sizeof s.a);
+  sn_shape_str(b, s.b, sizeof s.b);
+  sn_shape_str(out, s.out, sizeof s.out);
+  return s;
+}
+
 sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_tensor *b) {
   const char *fn = "seqnn.matmul";
-  char sa[128], sb[128], so[128];
-  sn_shape_str(a, sa, sizeof sa);
-  sn_shape_str(b, sb, sizeof sb);
-  sn_shape_str(out, so, sizeof so);
+  shapes s;
   if (a->dtype != SN_F32 || b->dtype != SN_F32 || out->dtype != SN_F32)
     return sn_fail(ctx, SN_EINVAL, "%s: a, b and out must be f32, got a %s, b %s, out %s", fn,
                    sn_dtype_name(a->dtype), sn_dtype_name(b->dtype), sn_dtype_name(out->dtype));
-  if (a->ndim < 2 || b->ndim < 2 || out->ndim < 2)
+  if (a->ndim < 2 || b->ndim < 2 || out->ndim < 2) {
+    s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: a, b and out need at least 2 dims (a: %s, b: %s, out: %s)",
-                   fn, sa, sb, so);
+                   fn, s.a, s.b, s.out);
+  }
   int64_t M = a->size[a->ndim - 2], K = a->size[a->ndim - 1], N = b->size[b->ndim - 1];
-  if (b->size[b->ndim - 2] != K)
+  if (b->size[b->ndim - 2] != K) {
+    s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: a is %s but b is %s (inner dims %lld and %lld differ)", fn,
-                   sa, sb, (long long)K, (long long)b->size[b->ndim - 2]);
+                   s.a, s.b, (long long)K, (long long)b->size[b->ndim - 2]);
+  }
 
   /* Broadcast batch shape, then out must be exactly (batch..., M, N). */
   int nb = (a->ndim > b->ndim ? a->ndim : b->ndim) - 2;
@@ -122,9 +136,11 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
   for (int d = 0; d < nb; d++) {
     int da = d - (nb - (a->ndim - 2)), db = d - (nb - (b->ndim - 2));
     int64_t x = da >= 0 ? a->size[da] : 1, y = db >= 0 ? b->size[db] : 1;
-    if (x != y && x != 1 && y != 1)
+    if (x != y && x != 1 && y != 1) {
+      s = shapes_of(a, b, out);
       return sn_fail(ctx, SN_EINVAL, "%s: the batch dims of a (%s) and b (%s) do not broadcast "
-                     "(%lld vs %lld)", fn, sa, sb, (long long)x, (long long)y);
+                     "(%lld vs %lld)", fn, s.a, s.b, (long long)x, (long long)y);
+    }
     bsize[d] = x == 1 ? y : x;
     nbatch *= bsize[d];
   }
@@ -135,18 +151,25 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
     for (int d = 0; d < nb; d++) want.size[d] = bsize[d];
     want.size[nb] = M, want.size[nb + 1] = N;
     char sw[128];
-    return sn_fail(ctx, SN_EINVAL, "%s: out is %s but a %s @ b %s gives %s", fn, so, sa, sb,
+    s = shapes_of(a, b, out);
+    return sn_fail(ctx, SN_EINVAL, "%s: out is %s but a %s @ b %s gives %s", fn, s.out, s.a, s.b,
                    sn_shape_str(&want, sw, sizeof sw));
   }
-  if (!sn_is_contiguous(out))
-    return sn_fail(ctx, SN_EINVAL, "%s: out (%s) must be contiguous", fn, so);
+  if (!sn_is_contiguous(out)) {
+    s = shapes_of(a, b, out);
+    return sn_fail(ctx, SN_EINVAL, "%s: out (%s) must be contiguous", fn, s.out);
+  }
   bool over_a = overlaps(out, a);
-  if (over_a || overlaps(out, b))
+  if (over_a || overlaps(out, b)) {
+    s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: out (%s) shares memory with %s (%s); write to a new tensor",
-                   fn, so, over_a ? "a" : "b", over_a ? sa : sb);
-  if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
+                   fn, s.out, over_a ? "a" : "b", over_a ? s.a : s.b);
+  }
+  if (M > INT_MAX || N > INT_MAX || K > INT_MAX) {
+    s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: a %s @ b %s has a matrix dim above 2^31-1, beyond BLAS",
-                   fn, sa, sb);
+                   fn, s.a, s.b);
+  }
   if (sn_numel(out) == 0) return SN_OK;
   if (K == 0) return sn_fill(ctx, out, 0.0); /* an empty sum */
 
@@ -190,10 +213,11 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
                 op[0].data, (int)op[0].ld, op[1].data, (int)op[1].ld, 0.0f, c, (int)N);
     return SN_OK;
   }
-  /* Sequential on purpose, even for many tiny matrices: sgemm of the pthread OpenBLAS
-   * called from an OpenMP loop over the batch was 2-3x slower at 8^3..16^3, 1.3-1.6x faster
-   * at 32^3..64^3 only when nothing else ran, and 2-4x slower once OpenBLAS's own threads
-   * were still spinning from an earlier large call (see bench/README.md). */
+  /* Sequential on purpose, even for many tiny matrices. Splitting the batch over OpenMP
+   * threads, each calling this pthread OpenBLAS (single-threaded at these sizes), was
+   * 1.3-1.9x faster at 32^3..64^3 only in isolation; right after a large multithreaded
+   * sgemm, whose pool threads still busy-wait, it was 1.4-16x slower (~6 ms more per
+   * batch), and at 8^3..16^3 slower either way. Numbers in bench/README.md. */
   for (int64_t i = 0; i < nbatch; i++)
     cblas_sgemm(CblasRowMajor, op[0].trans, op[1].trans, (int)M, (int)N, (int)K, 1.0f,
                 op[0].data + batch_offset(&op[0], i), (int)op[0].ld,

@@ -31,7 +31,7 @@ const char *sn_redop_name(sn_redop op) {
 
 typedef struct {
   const void *x; /* first element */
-  int n_outer;    /* outer dims (outermost first) */
+  int n_outer;   /* outer dims (outermost first) */
   int64_t osize[SN_MAX_DIMS], ostride[SN_MAX_DIMS];
   int64_t outer, R, rstride, inner; /* inner dims have stride 1 */
 } layout;
@@ -43,7 +43,7 @@ typedef struct {
 } partial;
 
 typedef struct {
-  sn_redop op; /* during the blocks' second pass of logsumexp: the sum of exp(x - max) */
+  sn_redop op; /* logsumexp over blocks runs a first pass as SN_RMAX */
   layout l;
   void *out;
   int64_t blocks; /* per run (inner == 1) or TILE tasks per outer index (inner > 1) */
@@ -171,10 +171,12 @@ static void tile_task(const task *t, int64_t item) {
     for (int64_t j = 0; j < n; j++) y[j] = (float)(t->op == SN_MEAN ? acc[j] / (double)l->R : acc[j]);
     break;
   case SN_RMAX:
-  case SN_RMIN:
+  case SN_RMIN: {
+    sn_binop pick = t->op == SN_RMAX ? SN_MAX : SN_MIN;
     memcpy(y, x, (size_t)n * sizeof *y);
-    for (int64_t r = 1; r < l->R; r++) sn_vec->binary(t->op == SN_RMAX ? SN_MAX : SN_MIN, y, y, x + r * rs, n);
+    for (int64_t r = 1; r < l->R; r++) sn_vec->binary(pick, y, y, x + r * rs, n);
     break;
+  }
   case SN_ARGMAX:
   case SN_ARGMIN: {
     int64_t *idx = (int64_t *)t->out + at;
@@ -217,7 +219,8 @@ static void reduce_f32(task *t) {
     if (op == SN_LOGSUMEXP) { /* first pass: each run's max, parked in the output */
       t->op = SN_RMAX;
       run_all(t, l->outer * t->blocks, block_task);
-      for (int64_t o = 0; o < l->outer; o++) ((float *)t->out)[o] = (float)combine(SN_RMAX, t->parts + o * t->blocks, t->blocks).v;
+      for (int64_t o = 0; o < l->outer; o++)
+        ((float *)t->out)[o] = (float)combine(SN_RMAX, t->parts + o * t->blocks, t->blocks).v;
       t->op = op;
     }
     run_all(t, l->outer * t->blocks, block_task);
@@ -256,7 +259,8 @@ sn_status sn_reduce(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, int dim, sn
   sn_shape_str(a, sa, sizeof sa);
   if (a->ndim == 0 && dim == 0) dim = -1; /* a 0-dim tensor's only dim is everything */
   if (dim >= a->ndim)
-    return sn_fail(ctx, SN_EINVAL, "%s: dim %d out of range for a %d-dim tensor (a: %s)", fn, dim + 1, a->ndim, sa);
+    return sn_fail(ctx, SN_EINVAL, "%s: dim %d out of range for a %d-dim tensor (a: %s)", fn, dim + 1,
+                   a->ndim, sa);
   bool arg = op == SN_ARGMAX || op == SN_ARGMIN;
   sn_dtype odt = arg ? SN_I64 : a->dtype;
   if (a->dtype == SN_I64 && (op == SN_MEAN || op == SN_LOGSUMEXP))
@@ -271,8 +275,8 @@ sn_status sn_reduce(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, int dim, sn
   if (dim < 0) snprintf(where, sizeof where, "a: %s", sa);
   else snprintf(where, sizeof where, "a: %s, dim %d", sa, dim + 1);
   if (out->dtype != odt || sn_numel(out) != kept || !sn_is_contiguous(out))
-    return sn_fail(ctx, SN_EINVAL, "%s: out must be a contiguous %s tensor of %lld elements (%s), got %s %s", fn,
-                   sn_dtype_name(odt), (long long)kept, where, sn_dtype_name(out->dtype),
+    return sn_fail(ctx, SN_EINVAL, "%s: out must be a contiguous %s tensor of %lld elements (%s), got %s %s",
+                   fn, sn_dtype_name(odt), (long long)kept, where, sn_dtype_name(out->dtype),
                    sn_shape_str(out, so, sizeof so));
   if (R == 0) {
     if (op != SN_SUM && op != SN_MEAN && op != SN_LOGSUMEXP)
