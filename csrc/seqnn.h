@@ -46,8 +46,9 @@ typedef struct sn_ctx {
   size_t workspace_bytes;
 } sn_ctx;
 
-/* Reference-counted, 64-byte aligned memory. `release` (optional) frees memory the
- * storage does not own (an mmap, say); otherwise data is freed with the aligned allocator. */
+/* Reference-counted, 64-byte aligned memory. Storages made by sn_tensor_empty hold their
+ * data in the same block, right after this header. Wrapped storages (sn_tensor_wrap) point
+ * at memory they do not own; `release` (optional) frees it (an munmap, say). */
 typedef struct sn_storage {
   int64_t refcount;
   void *data;
@@ -204,5 +205,81 @@ const char *sn_simd_level(void);
 /* OpenBLAS's own configuration string and core name (from openblas_get_config/corename). */
 const char *sn_blas_config(void);
 const char *sn_blas_core(void);
+
+/* ---- safetensors -------------------------------------------------------------------
+ * Checkpoint files in the safetensors format: an 8-byte little-endian header length N,
+ * N bytes of UTF-8 JSON {name: {"dtype": "F32", "shape": [..], "data_offsets": [b, e]},
+ * "__metadata__": {string: string}}, then the data section (offsets are relative to it),
+ * little-endian and row-major.
+ *
+ * Reading is in two steps. sn_safetensors_parse (a byte buffer) or sn_safetensors_load (a
+ * file, memory-mapped) validates the whole header and fills an sn_st_file; then each entry
+ * becomes a tensor. A loaded F32/I64 entry whose data is aligned becomes a zero-copy view
+ * of the mapping (sn_safetensors_view); the mapping is private (copy-on-write), so writing
+ * to such a tensor never changes the file, and it is unmapped with the last view. Other
+ * entries are copied, converting F64/F16/BF16 to f32 and I32/I16/I8/U32/U16/U8/BOOL to i64
+ * (sn_safetensors_read). Mapped storages are not counted in ctx->live_bytes.
+ * Messages from load and save start "seqnn.load: <path>: " / "seqnn.save: <path>: ". */
+typedef enum {
+  SN_ST_F32 = 0, SN_ST_I64, SN_ST_F64, SN_ST_F16, SN_ST_BF16,
+  SN_ST_I32, SN_ST_I16, SN_ST_I8, SN_ST_U32, SN_ST_U16, SN_ST_U8, SN_ST_BOOL,
+  SN_ST_DTYPE_COUNT
+} sn_st_dtype;
+
+typedef struct {
+  char *name; /* non-empty, UTF-8, unique within the file */
+  sn_st_dtype dtype;
+  int ndim;
+  int64_t size[SN_MAX_DIMS];
+  int64_t begin, end; /* byte range in the data section; end - begin = numel * itemsize */
+} sn_st_entry;
+
+typedef struct sn_st_mapping sn_st_mapping; /* private: the refcounted mmap of a loaded file */
+
+typedef struct {
+  sn_st_entry *entries; /* in header order */
+  int64_t n;
+  char **meta_keys, **meta_vals; /* "__metadata__", in header order */
+  int64_t nmeta;
+  const uint8_t *data; /* the data section, inside the parsed buffer or the mapping */
+  int64_t data_len;
+  sn_st_mapping *mapping; /* set by sn_safetensors_load, NULL after sn_safetensors_parse */
+} sn_st_file;
+
+/* "F32", "BF16", ... as written in the header. */
+const char *sn_safetensors_dtype_name(sn_st_dtype dt);
+/* The seqnn dtype an entry loads as: f32 for floating types, i64 for integers and BOOL. */
+sn_dtype sn_safetensors_load_dtype(sn_st_dtype dt);
+/* Validates a whole file held in buf: header length against len (and at most 100 MiB),
+ * UTF-8 JSON object, known dtypes, shapes (<= SN_MAX_DIMS non-negative integers, no
+ * overflow), offsets inside the data section and matching the size, no overlapping data,
+ * no duplicate or empty names, string metadata. f points into buf, which must outlive it.
+ * Fails with SN_EIO (message without a path prefix) or SN_ENOMEM; f is then empty. */
+sn_status sn_safetensors_parse(sn_ctx *ctx, sn_st_file *f, const uint8_t *buf, size_t len);
+/* Maps `path` (read-only file, private mapping) and parses it. */
+sn_status sn_safetensors_load(sn_ctx *ctx, sn_st_file *f, const char *path);
+/* Frees the index and drops f's reference to the mapping (views keep theirs). Idempotent. */
+void sn_safetensors_close(sn_st_file *f);
+/* True when entry i can be a zero-copy view: a loaded file, dtype F32 or I64, and data
+ * aligned for it. */
+bool sn_safetensors_can_view(const sn_st_file *f, int64_t i);
+/* t becomes a view of entry i's bytes in the mapping (requires sn_safetensors_can_view). */
+sn_status sn_safetensors_view(sn_ctx *ctx, sn_tensor *t, const sn_st_file *f, int64_t i);
+/* Copies entry i into t, converting; t must be contiguous, of entry i's shape and of
+ * sn_safetensors_load_dtype(entry dtype). */
+sn_status sn_safetensors_read(sn_ctx *ctx, sn_tensor *t, const sn_st_file *f, int64_t i);
+/* A view when possible, else a new tensor (counted on ctx) filled by sn_safetensors_read. */
+sn_status sn_safetensors_tensor(sn_ctx *ctx, sn_tensor *t, const sn_st_file *f, int64_t i);
+/* Writes n tensors and nmeta metadata pairs to `path` atomically: header and data go to
+ * "<path>.tmp.<pid>" in the same directory, which is flushed, fsynced and renamed over
+ * path, then the directory is fsynced. On failure the temporary file is removed and an
+ * existing file at path is untouched. Tensors are written sorted by name (bytewise), so
+ * the same tensors give the same file; metadata is sorted by key. The header is padded
+ * with spaces to a multiple of 8 bytes; non-contiguous tensors are written in logical
+ * (row-major) order. Names must be unique, non-empty, valid UTF-8 and not "__metadata__". */
+sn_status sn_safetensors_save(sn_ctx *ctx, const char *path, const char *const *names,
+                              const sn_tensor *const *tensors, int64_t n,
+                              const char *const *meta_keys, const char *const *meta_vals,
+                              int64_t nmeta);
 
 #endif /* SEQNN_H */

@@ -48,25 +48,27 @@ static void set_contiguous_strides(sn_tensor *t) {
   }
 }
 
+_Static_assert(sizeof(sn_storage) <= SN_ALIGN, "the storage header must fit before its data");
+
+/* The storage header and its data share one aligned block (data at +SN_ALIGN): one
+ * allocation per tensor keeps tiny ops cheap. */
 static sn_storage *storage_new(sn_ctx *ctx, int64_t nbytes) {
-  if (ctx->limit_bytes > 0 && ctx->live_bytes + nbytes > ctx->limit_bytes) {
+  /* Round up so vector loops may read whole 64-byte lines. */
+  int64_t rounded = (nbytes + SN_ALIGN - 1) / SN_ALIGN * SN_ALIGN;
+  if (ctx->limit_bytes > 0 && ctx->live_bytes + rounded > ctx->limit_bytes) {
     sn_fail(ctx, SN_ENOMEM,
             "seqnn: out of memory: requested %.1f MiB; live %.1f MiB, limit %.1f MiB",
             nbytes / 1048576.0, ctx->live_bytes / 1048576.0, ctx->limit_bytes / 1048576.0);
     return NULL;
   }
-  sn_storage *s = malloc(sizeof *s);
-  void *data = NULL;
-  /* Round up so vector loops may read whole 64-byte lines; never allocate 0 bytes. */
-  int64_t rounded = (nbytes + SN_ALIGN - 1) / SN_ALIGN * SN_ALIGN;
-  if (rounded == 0) rounded = SN_ALIGN;
-  if (!s || posix_memalign(&data, SN_ALIGN, (size_t)rounded) != 0) {
-    free(s);
+  void *block = NULL;
+  if (posix_memalign(&block, SN_ALIGN, (size_t)(SN_ALIGN + rounded)) != 0) {
     sn_fail(ctx, SN_ENOMEM, "seqnn: out of memory: requested %.1f MiB; live %.1f MiB",
             nbytes / 1048576.0, ctx->live_bytes / 1048576.0);
     return NULL;
   }
-  *s = (sn_storage){.refcount = 1, .data = data, .nbytes = rounded, .ctx = ctx};
+  sn_storage *s = block;
+  *s = (sn_storage){.refcount = 1, .data = (char *)block + SN_ALIGN, .nbytes = rounded, .ctx = ctx};
   ctx->live_bytes += rounded;
   if (ctx->live_bytes > ctx->peak_bytes) ctx->peak_bytes = ctx->live_bytes;
   return s;
@@ -112,12 +114,8 @@ void sn_tensor_release(sn_tensor *t) {
   sn_storage *s = t->storage;
   t->storage = NULL;
   if (!s || --s->refcount > 0) return;
-  if (s->release) {
-    s->release(s->release_ud, s->data, s->nbytes);
-  } else {
-    free(s->data);
-    if (s->ctx) s->ctx->live_bytes -= s->nbytes;
-  }
+  if (s->release) s->release(s->release_ud, s->data, s->nbytes); /* wrapped: data is not ours */
+  else if (s->ctx) s->ctx->live_bytes -= s->nbytes;               /* data lives in s's block */
   free(s);
 }
 
@@ -441,6 +439,45 @@ static void copy_run(void *dst, sn_dtype dt, int64_t ds, const void *src, sn_dty
   }
 }
 
+#define TILE 32
+
+/* Copies a transposed layout (the source is contiguous along the destination's rows, not
+ * its columns) in TILE x TILE blocks, so both sides stay in cache; a plain strided walk
+ * would touch a new source cache line for every element. */
+static void transpose_tiles(const sn_strided2 *it, char *dbase, const char *sbase, size_t esz) {
+  int last = it->ndim - 1;
+  int64_t rows = it->size[last], cols = it->inner, batches = it->rows / rows;
+  int64_t drs = it->stride[0][last], scs = it->inner_stride[1];
+  int64_t rblocks = (rows + TILE - 1) / TILE, cblocks = (cols + TILE - 1) / TILE;
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t b = 0; b < batches; b++) {
+    for (int64_t rb = 0; rb < rblocks; rb++) {
+      int64_t od = 0, os = 0, rest = b;
+      for (int d = last - 1; d >= 0; d--) {
+        int64_t i = rest % it->size[d];
+        rest /= it->size[d];
+        od += i * it->stride[0][d];
+        os += i * it->stride[1][d];
+      }
+      int64_t r0 = rb * TILE, r1 = r0 + TILE < rows ? r0 + TILE : rows;
+      for (int64_t cb = 0; cb < cblocks; cb++) {
+        int64_t c0 = cb * TILE, c1 = c0 + TILE < cols ? c0 + TILE : cols;
+        for (int64_t r = r0; r < r1; r++) {
+          if (esz == 4) {
+            float *d = (float *)dbase + od + r * drs;
+            const float *src = (const float *)sbase + os + r;
+            for (int64_t c = c0; c < c1; c++) d[c] = src[c * scs];
+          } else {
+            int64_t *d = (int64_t *)dbase + od + r * drs;
+            const int64_t *src = (const int64_t *)sbase + os + r;
+            for (int64_t c = c0; c < c1; c++) d[c] = src[c * scs];
+          }
+        }
+      }
+    }
+  }
+}
+
 sn_status sn_copy(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src) {
   sn_tensor s;
   sn_status st = sn_expand(ctx, &s, src, dst->ndim, dst->size);
@@ -454,11 +491,17 @@ sn_status sn_copy(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src) {
   size_t dsz = sn_dtype_size(dst->dtype), ssz = sn_dtype_size(src->dtype);
   char *dbase = sn_data(dst);
   const char *sbase = sn_data(&s);
-#pragma omp parallel for schedule(static) if (it.tasks > 4)
-  for (int64_t task = 0; task < it.tasks; task++) {
-    int64_t od, os, n = sn_strided2_task(&it, task, &od, &os);
-    copy_run(dbase + od * (int64_t)dsz, dst->dtype, it.inner_stride[0], sbase + os * (int64_t)ssz,
-             src->dtype, it.inner_stride[1], n);
+  int64_t n = sn_numel(dst);
+  if (dst->dtype == src->dtype && it.ndim >= 1 && it.inner_stride[0] == 1 && it.inner_stride[1] != 1 &&
+      it.stride[1][it.ndim - 1] == 1 && it.inner >= TILE && it.size[it.ndim - 1] >= TILE) {
+    transpose_tiles(&it, dbase, sbase, dsz);
+  } else {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (int64_t task = 0; task < it.tasks; task++) {
+      int64_t od, os, len = sn_strided2_task(&it, task, &od, &os);
+      copy_run(dbase + od * (int64_t)dsz, dst->dtype, it.inner_stride[0], sbase + os * (int64_t)ssz,
+               src->dtype, it.inner_stride[1], len);
+    }
   }
   sn_tensor_release(&s);
   return SN_OK;
@@ -469,7 +512,7 @@ sn_status sn_fill(sn_ctx *ctx, sn_tensor *t, double value) {
   sn_strided2_init(&it, t, t);
   char *base = sn_data(t);
   int64_t s = it.inner_stride[0];
-#pragma omp parallel for schedule(static) if (it.tasks > 4)
+#pragma omp parallel for schedule(static) if (sn_numel(t) > (1 << 16))
   for (int64_t task = 0; task < it.tasks; task++) {
     int64_t o, unused, n = sn_strided2_task(&it, task, &o, &unused);
     if (t->dtype == SN_F32) {

@@ -1,6 +1,7 @@
 /* test_matmul.c -- sn_matmul against a naive double-precision loop: odd sizes, in-place
  * BLAS layouts (transposed, narrowed), layouts that need the workspace copy, broadcast
  * batches, empty dims and bad arguments. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"

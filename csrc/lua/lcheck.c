@@ -1,5 +1,6 @@
 /* lcheck.c -- argument checking, error raising and GC-paced allocation for the binding. */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,8 +28,22 @@ int sn_lua_raise(lua_State *L, const char *fn, sn_status st) {
   return sn_lua_fail(L, "%s: %s", fn, msg);
 }
 
+/* The metatable also lives in the registry under this address: looking it up by pointer
+ * avoids the string lookups of luaL_testudata on every call. */
+static const char metatable_key = 0;
+
+void sn_lua_register_metatable(lua_State *L, int idx) {
+  lua_pushvalue(L, idx);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &metatable_key);
+}
+
 sn_tensor *sn_lua_test_tensor(lua_State *L, int idx) {
-  return (sn_tensor *)luaL_testudata(L, idx, SN_TENSOR_MT);
+  void *p = lua_touserdata(L, idx);
+  if (!p || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &metatable_key);
+  bool ours = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return ours ? (sn_tensor *)p : NULL;
 }
 
 static const char *typename_at(lua_State *L, int idx) {
@@ -56,7 +71,8 @@ sn_tensor *sn_lua_push_tensor(lua_State *L) {
   /* One user value: a table for Lua-side fields (grad, requires_grad, ...). */
   sn_tensor *t = (sn_tensor *)lua_newuserdatauv(L, sizeof(sn_tensor), 1);
   memset(t, 0, sizeof *t);
-  luaL_setmetatable(L, SN_TENSOR_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &metatable_key);
+  lua_setmetatable(L, -2);
   return t;
 }
 

@@ -30,6 +30,8 @@ int sn_lua_raise(lua_State *L, const char *fn, sn_status st);
 
 /* The tensor at idx, checked for type, dtype (pass -1 for any) and not freed. */
 sn_tensor *sn_lua_check_tensor(lua_State *L, int idx, const char *fn, const char *arg, int dtype);
+/* Makes the table at idx the metatable of every tensor pushed from now on. */
+void sn_lua_register_metatable(lua_State *L, int idx);
 /* The tensor at idx or NULL when the value is not a tensor (no error). */
 sn_tensor *sn_lua_test_tensor(lua_State *L, int idx);
 

@@ -109,6 +109,7 @@ int luaopen_seqnn_core(lua_State *L) {
   lua_newtable(L); /* module */
   int module = lua_gettop(L);
   luaL_newmetatable(L, SN_TENSOR_MT); /* sets __name, used in error messages */
+  sn_lua_register_metatable(L, -1);
   lua_pop(L, 1);
   lua_newtable(L); /* methods */
   int methods = lua_gettop(L);

@@ -200,17 +200,23 @@ static void execute(const job *j, int64_t n) {
 
 /* ---- checks and entry points -------------------------------------------------------- */
 
-/* out must have exactly shape (nd, size) and write each element once (no stride-0 dim). */
+/* out must have exactly shape (nd, size) and write each element once (no stride-0 dim).
+ * Messages are built only on failure: these checks run on every tiny op. */
 static sn_status check_out(sn_ctx *ctx, const char *fn, const sn_tensor *out, int nd,
-                           const int64_t *size, const char *inputs) {
+                           const int64_t *size, const sn_tensor *a, const sn_tensor *b) {
   bool same = out->ndim == nd;
   for (int d = 0; same && d < nd; d++) same = out->size[d] == size[d];
-  char so[128], sw[128];
+  char so[128], sw[128], s1[128], s2[128];
   if (!same) {
     sn_tensor want = {.ndim = nd};
     memcpy(want.size, size, (size_t)nd * sizeof *size);
-    return sn_fail(ctx, SN_EINVAL, "%s: out has shape %s but %s give %s", fn,
-                   sn_shape_str(out, so, sizeof so), inputs, sn_shape_str(&want, sw, sizeof sw));
+    if (b)
+      return sn_fail(ctx, SN_EINVAL, "%s: out has shape %s but a (%s) and b (%s) give %s", fn,
+                     sn_shape_str(out, so, sizeof so), sn_shape_str(a, s1, sizeof s1),
+                     sn_shape_str(b, s2, sizeof s2), sn_shape_str(&want, sw, sizeof sw));
+    return sn_fail(ctx, SN_EINVAL, "%s: out has shape %s but a (%s) gives %s", fn,
+                   sn_shape_str(out, so, sizeof so), sn_shape_str(a, s1, sizeof s1),
+                   sn_shape_str(&want, sw, sizeof sw));
   }
   for (int d = 0; d < nd; d++)
     if (out->stride[d] == 0 && out->size[d] > 1)
@@ -218,6 +224,12 @@ static sn_status check_out(sn_ctx *ctx, const char *fn, const sn_tensor *out, in
                      sn_shape_str(out, so, sizeof so));
   return SN_OK;
 }
+
+static const char *const binop_fn[SN_BINOP_COUNT] = {"seqnn.add", "seqnn.sub", "seqnn.mul", "seqnn.div",
+                                                     "seqnn.pow", "seqnn.max", "seqnn.min"};
+static const char *const unop_fn[SN_UNOP_COUNT] = {
+    "seqnn.exp", "seqnn.log", "seqnn.tanh", "seqnn.sigmoid", "seqnn.silu", "seqnn.gelu",
+    "seqnn.softplus", "seqnn.sqrt", "seqnn.rsqrt", "seqnn.abs", "seqnn.neg"};
 
 static sn_status check_i64_binop(sn_ctx *ctx, const char *fn, sn_dtype dt, sn_binop op) {
   if (dt == SN_I64 && (op == SN_DIV || op == SN_POW))
@@ -227,8 +239,7 @@ static sn_status check_i64_binop(sn_ctx *ctx, const char *fn, sn_dtype dt, sn_bi
 
 sn_status sn_binary(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_tensor *b, sn_binop op) {
   if (op < 0 || op >= SN_BINOP_COUNT) return sn_fail(ctx, SN_EINVAL, "seqnn.binary: unknown op %d", (int)op);
-  char fn[32], s1[128], s2[128], inputs[300];
-  snprintf(fn, sizeof fn, "seqnn.%s", sn_binop_name(op));
+  const char *fn = binop_fn[op];
   if (a->dtype != b->dtype || out->dtype != a->dtype)
     return sn_fail(ctx, SN_EINVAL, "%s: dtypes differ (out %s, a %s, b %s)", fn, sn_dtype_name(out->dtype),
                    sn_dtype_name(a->dtype), sn_dtype_name(b->dtype));
@@ -237,9 +248,7 @@ sn_status sn_binary(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
   int64_t size[SN_MAX_DIMS];
   if (st == SN_OK) st = sn_broadcast_shape(ctx, fn, a, b, &nd, size);
   if (st != SN_OK) return st;
-  snprintf(inputs, sizeof inputs, "a (%s) and b (%s)", sn_shape_str(a, s1, sizeof s1),
-           sn_shape_str(b, s2, sizeof s2));
-  st = check_out(ctx, fn, out, nd, size, inputs);
+  st = check_out(ctx, fn, out, nd, size, a, b);
   if (st != SN_OK) return st;
 
   job j = {.kind = BINARY, .op = op, .dtype = a->dtype, .nops = 3,
@@ -257,8 +266,7 @@ sn_status sn_binary_scalar(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, doub
                            bool scalar_first) {
   if (op < 0 || op >= SN_BINOP_COUNT)
     return sn_fail(ctx, SN_EINVAL, "seqnn.binary_scalar: unknown op %d", (int)op);
-  char fn[32], s1[128], inputs[160];
-  snprintf(fn, sizeof fn, "seqnn.%s", sn_binop_name(op));
+  const char *fn = binop_fn[op];
   if (out->dtype != a->dtype)
     return sn_fail(ctx, SN_EINVAL, "%s: dtypes differ (out %s, a %s)", fn, sn_dtype_name(out->dtype),
                    sn_dtype_name(a->dtype));
@@ -267,8 +275,7 @@ sn_status sn_binary_scalar(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, doub
   /* The range check also rejects NaN and inf; 2^63 itself does not fit. */
   if (a->dtype == SN_I64 && !(s == floor(s) && s >= -9223372036854775808.0 && s < 9223372036854775808.0))
     return sn_fail(ctx, SN_EINVAL, "%s: scalar %g is not an integer in the i64 range (a is i64)", fn, s);
-  snprintf(inputs, sizeof inputs, "a (%s)", sn_shape_str(a, s1, sizeof s1));
-  st = check_out(ctx, fn, out, a->ndim, a->size, inputs);
+  st = check_out(ctx, fn, out, a->ndim, a->size, a, NULL);
   if (st != SN_OK) return st;
 
   job j = {.kind = SCALAR, .op = op, .dtype = a->dtype, .nops = 2, .scalar_first = scalar_first,
@@ -285,16 +292,15 @@ sn_status sn_binary_scalar(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, doub
 
 sn_status sn_unary(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, sn_unop op) {
   if (op < 0 || op >= SN_UNOP_COUNT) return sn_fail(ctx, SN_EINVAL, "seqnn.unary: unknown op %d", (int)op);
-  char fn[32], s1[128], inputs[160];
-  snprintf(fn, sizeof fn, "seqnn.%s", sn_unop_name(op));
+  const char *fn = unop_fn[op];
+  char s1[128];
   if (out->dtype != a->dtype)
     return sn_fail(ctx, SN_EINVAL, "%s: dtypes differ (out %s, a %s)", fn, sn_dtype_name(out->dtype),
                    sn_dtype_name(a->dtype));
   if (a->dtype == SN_I64 && op != SN_ABS && op != SN_NEG)
     return sn_fail(ctx, SN_EINVAL, "%s: %s needs an f32 tensor, got i64 (a: %s)", fn, sn_unop_name(op),
                    sn_shape_str(a, s1, sizeof s1));
-  snprintf(inputs, sizeof inputs, "a (%s)", sn_shape_str(a, s1, sizeof s1));
-  sn_status st = check_out(ctx, fn, out, a->ndim, a->size, inputs);
+  sn_status st = check_out(ctx, fn, out, a->ndim, a->size, a, NULL);
   if (st != SN_OK) return st;
 
   job j = {.kind = UNARY, .op = op, .dtype = a->dtype, .nops = 2, .base = {sn_data(out), sn_data(a)}};

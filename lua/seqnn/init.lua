@@ -18,7 +18,7 @@ end
 require("seqnn.tensor")(sn)
 
 -- Submodules that are loaded when first touched: sn.repl, later sn.nn, sn.optim ...
-local lazy = { repl = "seqnn.repl" }
+local lazy = { repl = "seqnn.repl", class = "seqnn.class", data = "seqnn.data" }
 
 return setmetatable(sn, {
   __index = function(t, key)
