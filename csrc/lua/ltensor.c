@@ -406,6 +406,13 @@ static int l_squeeze(lua_State *L) {
   return 1;
 }
 
+/* alias(): another tensor object over the same memory, shape and strides (detach uses it). */
+static int l_alias(lua_State *L) {
+  sn_tensor *t = self(L, "seqnn.alias");
+  sn_tensor_share(sn_lua_push_tensor(L), t);
+  return 1;
+}
+
 /* ---- copies ------------------------------------------------------------------------- */
 
 static int copy_as(lua_State *L, const char *fn, sn_tensor *t, sn_dtype dt) {
@@ -602,7 +609,7 @@ static const luaL_Reg methods[] = {
     {"is_contiguous", l_is_contiguous}, {"item", l_item}, {"totable", l_totable},
     {"view", l_view}, {"reshape", l_reshape}, {"transpose", l_transpose}, {"t", l_t},
     {"permute", l_permute}, {"narrow", l_narrow}, {"select", l_select}, {"expand", l_expand},
-    {"unsqueeze", l_unsqueeze}, {"squeeze", l_squeeze}, {"contiguous", l_contiguous},
+    {"unsqueeze", l_unsqueeze}, {"squeeze", l_squeeze}, {"alias", l_alias}, {"contiguous", l_contiguous},
     {"clone", l_clone}, {"float", l_float}, {"long", l_long}, {"to", l_to},
     {"copy_", l_copy_}, {"fill_", l_fill_}, {"zero_", l_zero_}, {"index_select", l_index_select},
     {NULL, NULL}};

@@ -16,6 +16,7 @@ for name, fn in pairs(core) do
 end
 
 require("seqnn.tensor")(sn)
+require("seqnn.tensor_grad")(sn)
 
 -- Submodules that are loaded when first touched: sn.repl, later sn.nn, sn.optim ...
 local lazy = { repl = "seqnn.repl", class = "seqnn.class", data = "seqnn.data" }

@@ -1,0 +1,297 @@
+-- Tape-based reverse-mode autograd over coarse C kernels.
+--
+-- A differentiable function runs its C forward, then calls
+--   autograd.record(name, inputs, outputs, backward)
+-- which links the outputs to one tape node. `backward(g1, ..., gk)` receives one gradient
+-- per output (nil for an output that got none) and returns one gradient per input (nil
+-- where none is needed). After it has run, the node drops its closure and inputs, so the
+-- tensors saved for backward are released at once, not when the collector gets to them.
+--
+-- Which tensors take part is a weak-keyed set, checked on every arithmetic call: a table
+-- lookup is cheaper than reading a tensor field. Its values are plain `true`, never
+-- nodes: a weak table whose values reach other keys makes the collector quadratic.
+-- A computed tensor keeps its node in the fields `_node` and `_out` (which output of the
+-- node it is); a leaf keeps its gradient in `grad`.
+local core = require "seqnn.core"
+
+local autograd = {}
+local state = { enabled = true } -- read directly by tensor_grad.lua on every call
+autograd.state = state
+local tracked_set = setmetatable({}, { __mode = "k" })
+
+local is_tensor = core.is_tensor
+
+-- True when t takes part in differentiation (a leaf that requires grad, or a result of one).
+local function tracked(t)
+  return tracked_set[t] ~= nil
+end
+autograd.tracked = tracked
+
+function autograd.is_enabled() return state.enabled end
+
+-- The node that computed t, or nil for a leaf or an untracked tensor.
+local function node_of(t)
+  return tracked_set[t] and t._node or nil
+end
+autograd.node_of = node_of
+
+function autograd.set_leaf(t, flag)
+  tracked_set[t] = flag or nil
+end
+
+-- Runs fn(...) with recording off and returns its results; errors propagate.
+function autograd.no_grad(fn, ...)
+  local was = state.enabled
+  state.enabled = false
+  local res = table.pack(pcall(fn, ...))
+  state.enabled = was
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+-- Records a tape node when recording is on and any input is tracked. `inputs` may hold
+-- nils (numbers, options) when it has an `n` field; `outputs` is a tensor or a list.
+function autograd.record(name, inputs, outputs, backward)
+  if not state.enabled then return false end
+  local n, any = inputs.n or #inputs, false
+  for i = 1, n do
+    if tracked(inputs[i]) then any = true; break end
+  end
+  if not any then return false end
+  local node = { name = name, inputs = inputs, ninputs = n, backward = backward }
+  if is_tensor(outputs) then
+    node.noutputs = 1
+    tracked_set[outputs] = true
+    outputs._node, outputs._out = node, 1
+  else
+    node.noutputs = #outputs
+    for i, out in ipairs(outputs) do
+      tracked_set[out] = true
+      out._node, out._out = node, i
+    end
+  end
+  return true
+end
+
+local function shape_str(t)
+  local s = t:shape()
+  return #s == 0 and "scalar" or table.concat(s, "x")
+end
+
+-- Nodes reachable from `root`, ordered so that every node comes after all nodes that
+-- consume its outputs (reverse topological order), without recursion: graphs of long
+-- unrolled loops are deep.
+local function order_nodes(root_node)
+  local order, seen = {}, {} -- seen: nil unvisited, 1 on stack, 2 done
+  local stack = { { root_node, 0 } }
+  seen[root_node] = 1
+  while #stack > 0 do
+    local top = stack[#stack]
+    local node, i = top[1], top[2] + 1
+    top[2] = i
+    if node.inputs == nil then
+      error("seqnn.backward: the graph through '" .. node.name ..
+        "' was already used by an earlier backward (run the forward again)", 3)
+    end
+    if i <= node.ninputs then
+      local child = node_of(node.inputs[i])
+      if child and not seen[child] then
+        seen[child] = 1
+        stack[#stack + 1] = { child, 0 }
+      end
+    else
+      stack[#stack] = nil
+      seen[node] = 2
+      order[#order + 1] = node
+    end
+  end
+  return order -- post-order: consumers last; iterate backwards
+end
+
+local function accumulate_leaf(t, g)
+  local have = t.grad
+  if have == nil then
+    -- A fresh copy: g may be a view shared with other gradients or the upstream gradient.
+    t.grad = g:is_contiguous() and g:clone() or g:contiguous()
+  else
+    have:add_(g)
+  end
+end
+
+local function check_grad(node, i, input, g)
+  if not is_tensor(g) then
+    error(("seqnn.backward: '%s' returned a %s as the gradient of input %d"):format(
+      node.name, type(g), i), 0)
+  end
+  local a, b = input:shape(), g:shape()
+  local same = #a == #b
+  for d = 1, #a do same = same and a[d] == b[d] end
+  if not same then
+    error(("seqnn.backward: '%s' returned a gradient of shape %s for input %d of shape %s"):format(
+      node.name, shape_str(g), i, shape_str(input)), 0)
+  end
+end
+
+-- t:backward([gradient]): accumulates d(t)/d(leaf) into leaf.grad for every tracked leaf.
+function autograd.backward(t, gradient)
+  if not tracked(t) then
+    error("seqnn.backward: the tensor does not require grad (no input of its graph called requires_grad)", 2)
+  end
+  if gradient == nil then
+    if t:numel() ~= 1 then
+      error(("seqnn.backward: a gradient is needed for a tensor of %d elements (%s); only scalars default to 1")
+        :format(t:numel(), shape_str(t)), 2)
+    end
+    gradient = core.ones(t:shape())
+  elseif not is_tensor(gradient) then
+    error("bad argument #1 'gradient' to 'seqnn.backward' (seqnn.Tensor expected, got " .. type(gradient) .. ")", 2)
+  end
+  local root = node_of(t)
+  if root == nil then -- a leaf: its gradient is the given one
+    accumulate_leaf(t, gradient:expand(t:shape()))
+    return
+  end
+  local grads = { [root] = { [t._out] = gradient } }
+  local order = order_nodes(root)
+  local was = state.enabled
+  state.enabled = false -- gradients are not differentiated again
+  local ok, err = pcall(function()
+    for k = #order, 1, -1 do
+      local node = order[k]
+      local outs = grads[node]
+      grads[node] = nil
+      local fn, inputs = node.backward, node.inputs
+      node.backward, node.inputs = nil, nil -- releases what the closure saved
+      if outs then
+        local gin = table.pack(fn(table.unpack(outs, 1, node.noutputs)))
+        for i = 1, node.ninputs do
+          local input, g = inputs[i], gin[i]
+          if g ~= nil and tracked(input) then
+            check_grad(node, i, input, g)
+            local child = node_of(input)
+            if child then
+              local slot = grads[child]
+              if not slot then slot = {}; grads[child] = slot end
+              local j = input._out
+              slot[j] = slot[j] and core.add(slot[j], g) or g
+            else
+              accumulate_leaf(input, g)
+            end
+          end
+        end
+      end
+    end
+  end)
+  state.enabled = was
+  if not ok then error(err, 0) end
+end
+
+-- Sums g over the dims that broadcasting expanded, giving it `shape`.
+function autograd.unbroadcast(g, shape)
+  local gs = g:shape()
+  local lead = #gs - #shape
+  if lead == 0 then
+    local same = true
+    for d = 1, #gs do same = same and gs[d] == shape[d] end
+    if same then return g end
+  end
+  for _ = 1, lead do g = g:sum(1) end
+  for d = 1, #shape do
+    if shape[d] == 1 and g:size(d) ~= 1 then g = g:sum(d, true) end
+  end
+  return g:reshape(shape)
+end
+
+-- gradcheck(fn, inputs [, opts]): compares the gradients of sum(fn(inputs...) * G), G a
+-- fixed random tensor, with central finite differences for every input that requires
+-- grad. opts: eps (1e-3), atol (1e-3), rtol (1e-2), max_checks per input (200 elements,
+-- spread over the tensor). Returns true, or raises an error naming the worst element.
+function autograd.gradcheck(fn, inputs, opts)
+  opts = opts or {}
+  local eps, atol, rtol = opts.eps or 1e-3, opts.atol or 1e-3, opts.rtol or 1e-2
+  local max_checks = opts.max_checks or 200
+  local rng = core.get_rng_state()
+
+  local function outputs_of(...)
+    local r = table.pack(fn(...))
+    local list = {}
+    for i = 1, r.n do
+      if is_tensor(r[i]) then list[#list + 1] = r[i] end
+    end
+    return list
+  end
+  -- Every evaluation draws the same random numbers, so functions like dropout can be checked.
+  local function run()
+    core.manual_seed(4321)
+    return outputs_of(table.unpack(inputs))
+  end
+  local outs = run()
+  -- Upstream gradients, one per output, from a fixed seed.
+  core.manual_seed(1234)
+  local G, Gt = {}, {}
+  for i, o in ipairs(outs) do
+    G[i] = core.randn(o:shape())
+    Gt[i] = G[i]:reshape(-1):totable()
+  end
+
+  local function loss_value()
+    local value = 0
+    autograd.no_grad(function()
+      for i, o in ipairs(run()) do
+        local ov = o:float():reshape(-1):totable()
+        for j = 1, #ov do value = value + ov[j] * Gt[i][j] end
+      end
+    end)
+    return value
+  end
+
+  -- Analytic gradients, keeping whatever .grad the inputs had.
+  local saved = {}
+  for i, x in ipairs(inputs) do
+    if tracked(x) then saved[i] = x.grad; x.grad = nil end
+  end
+  -- L = sum_i sum(out_i * G_i), through the differentiable tensor methods.
+  local L
+  for i, o in ipairs(outs) do
+    local term = (o:float() * G[i]):sum()
+    L = L and L + term or term
+  end
+  if L and tracked(L) then autograd.backward(L) end
+  local analytic = {}
+  for i, x in ipairs(inputs) do
+    if tracked(x) then
+      analytic[i] = x.grad and x.grad:reshape(-1):totable() or false
+      x.grad = saved[i]
+    end
+  end
+
+  for i, x in ipairs(inputs) do
+    if tracked(x) then
+      if not x:is_contiguous() then
+        error(("seqnn.autograd.gradcheck: input %d must be contiguous"):format(i), 2)
+      end
+      local flat = x:view(-1)
+      local n = flat:numel()
+      local step = math.max(1, n // max_checks)
+      for j = 1, n, step do
+        local v = flat[j]
+        flat[j] = v + eps
+        local lp = loss_value()
+        flat[j] = v - eps
+        local lm = loss_value()
+        flat[j] = v
+        local numeric = (lp - lm) / (2 * eps)
+        local got = analytic[i] and analytic[i][j] or 0
+        if not (math.abs(got - numeric) <= atol + rtol * math.abs(numeric)) then
+          core.set_rng_state(rng)
+          error(("seqnn.autograd.gradcheck: input %d (%s), element %d: analytic %.6g, numeric %.6g")
+            :format(i, shape_str(x), j, got, numeric), 2)
+        end
+      end
+    end
+  end
+  core.set_rng_state(rng)
+  return true
+end
+
+return autograd

@@ -1,0 +1,286 @@
+-- Differentiable tensor methods: the C arithmetic, math, reductions, matmul and views,
+-- each recording one tape node when an input requires grad. When none does (or under
+-- sn.no_grad) they cost one extra Lua call over the C function.
+local core = require "seqnn.core"
+local autograd = require "seqnn.autograd"
+
+local record, tracked, unbroadcast = autograd.record, autograd.tracked, autograd.unbroadcast
+local state = autograd.state
+
+local function shape_of(x) return type(x) == "userdata" and x:shape() or nil end
+
+return function(sn)
+  local T, mt = sn.Tensor, core.metatable
+
+  -- The same function serves as t:name(...), sn.name(t, ...) and, given, a metamethod.
+  local function install(name, fn, metamethod)
+    T[name], sn[name] = fn, fn
+    if metamethod then mt[metamethod] = fn end
+  end
+
+  -- ---- arithmetic -------------------------------------------------------------------
+  local cadd, csub, cmul, cdiv, cpow = core.add, core.sub, core.mul, core.div, core.pow
+
+  install("add", function(a, b)
+    local y = cadd(a, b)
+    if state.enabled and (tracked(a) or tracked(b)) then
+      local sa, sb = shape_of(a), shape_of(b)
+      record("add", { a, b, n = 2 }, y, function(g)
+        return sa and unbroadcast(g, sa), sb and unbroadcast(g, sb)
+      end)
+    end
+    return y
+  end, "__add")
+
+  install("sub", function(a, b)
+    local y = csub(a, b)
+    if state.enabled and (tracked(a) or tracked(b)) then
+      local sa, sb = shape_of(a), shape_of(b)
+      record("sub", { a, b, n = 2 }, y, function(g)
+        return sa and unbroadcast(g, sa), sb and unbroadcast(-g, sb)
+      end)
+    end
+    return y
+  end, "__sub")
+
+  install("mul", function(a, b)
+    local y = cmul(a, b)
+    if state.enabled and (tracked(a) or tracked(b)) then
+      local sa, sb = shape_of(a), shape_of(b)
+      record("mul", { a, b, n = 2 }, y, function(g)
+        return sa and unbroadcast(g * b, sa), sb and unbroadcast(g * a, sb)
+      end)
+    end
+    return y
+  end, "__mul")
+
+  install("div", function(a, b)
+    local y = cdiv(a, b)
+    if state.enabled and (tracked(a) or tracked(b)) then
+      local sa, sb = shape_of(a), shape_of(b)
+      record("div", { a, b, n = 2 }, y, function(g)
+        return sa and unbroadcast(g / b, sa), sb and unbroadcast(-(g * y) / b, sb)
+      end)
+    end
+    return y
+  end, "__div")
+
+  install("pow", function(a, b)
+    local y = cpow(a, b)
+    if state.enabled and (tracked(a) or tracked(b)) then
+      local sa, sb = shape_of(a), shape_of(b)
+      record("pow", { a, b, n = 2 }, y, function(g)
+        local ga = sa and unbroadcast(g * b * cpow(a, b - 1), sa)
+        local gb = sb and unbroadcast(g * y * (type(a) == "number" and math.log(a) or a:log()), sb)
+        return ga, gb
+      end)
+    end
+    return y
+  end, "__pow")
+
+  local cneg = core.neg
+  local function neg(a)
+    local y = cneg(a)
+    if state.enabled and tracked(a) then
+      record("neg", { a }, y, function(g) return -g end)
+    end
+    return y
+  end
+  install("neg", neg, "__unm")
+
+  -- ---- unary math ---------------------------------------------------------------------
+  -- derivative(x, y, g) -> dx, in terms of the input and the output.
+  local function unary(name, derivative)
+    local c = core[name]
+    install(name, function(a)
+      local y = c(a)
+      if state.enabled and tracked(a) then
+        record(name, { a }, y, function(g) return derivative(a, y, g) end)
+      end
+      return y
+    end)
+  end
+  unary("exp", function(_, y, g) return g * y end)
+  unary("log", function(x, _, g) return g / x end)
+  unary("tanh", function(_, y, g) return g * (1 - y * y) end)
+  unary("sigmoid", function(_, y, g) return g * y * (1 - y) end)
+  unary("sqrt", function(_, y, g) return g * 0.5 / y end)
+  unary("rsqrt", function(_, y, g) return g * -0.5 * y * y * y end)
+  unary("silu", function(x, _, g)
+    local s = core.sigmoid(x)
+    return g * s * (1 + x * (1 - s))
+  end)
+  unary("softplus", function(x, _, g) return g * core.sigmoid(x) end)
+
+  -- ---- reductions -----------------------------------------------------------------------
+  -- The gradient of a reduction, broadcast back over the reduced dim (or everything).
+  local function spread(g, x, dim, keepdim)
+    if dim ~= nil and not keepdim then g = g:unsqueeze(dim) end
+    return g:expand(x:shape())
+  end
+
+  local csum, cmean, clse = core.sum, core.mean, core.logsumexp
+  install("sum", function(a, dim, keepdim)
+    local y = csum(a, dim, keepdim)
+    if state.enabled and tracked(a) then
+      record("sum", { a }, y, function(g) return spread(g, a, dim, keepdim) end)
+    end
+    return y
+  end)
+
+  install("mean", function(a, dim, keepdim)
+    local y = cmean(a, dim, keepdim)
+    if state.enabled and tracked(a) then
+      local n = dim and a:size(dim) or a:numel()
+      record("mean", { a }, y, function(g) return spread(g / n, a, dim, keepdim) end)
+    end
+    return y
+  end)
+
+  install("logsumexp", function(a, dim, keepdim)
+    local y = clse(a, dim, keepdim)
+    if state.enabled and tracked(a) then
+      record("logsumexp", { a }, y, function(g)
+        return spread(g, a, dim, keepdim) * (a - spread(y, a, dim, keepdim)):exp()
+      end)
+    end
+    return y
+  end)
+
+  -- max/min over everything route the gradient to the first extreme element.
+  for _, name in ipairs({ "max", "min" }) do
+    local c, carg = core[name], core["arg" .. name]
+    install(name, function(a, dim, keepdim)
+      if dim ~= nil and state.enabled and tracked(a) then
+        error(("seqnn.%s: the gradient of %s along a dim is not implemented; use %s() over all elements or sn.no_grad")
+          :format(name, name, name), 2)
+      end
+      local y, i = c(a, dim, keepdim)
+      if dim == nil and state.enabled and tracked(a) then
+        local at = carg(a):item() + 1
+        record(name, { a }, y, function(g)
+          local z = core.zeros(a:numel())
+          z[at] = g:item()
+          return z:view(a:shape())
+        end)
+      end
+      return y, i
+    end)
+  end
+
+  -- ---- matmul -----------------------------------------------------------------------------
+  local cmatmul = core.matmul
+  install("matmul", function(a, b)
+    local y = cmatmul(a, b)
+    if state.enabled and (tracked(a) or tracked(b)) then
+      record("matmul", { a, b }, y, function(g)
+        -- Restore the vector dims matmul dropped, then dA = dY B^T and dB = A^T dY, summed
+        -- over any batch dims that broadcast.
+        local a2 = a:dim() == 1 and a:unsqueeze(1) or a
+        local b2 = b:dim() == 1 and b:unsqueeze(2) or b
+        local g2 = g
+        if a:dim() == 1 and b:dim() == 1 then
+          g2 = g:reshape(1, 1)
+        else
+          if a:dim() == 1 then g2 = g2:unsqueeze(g2:dim()) end
+          if b:dim() == 1 then g2 = g2:unsqueeze(g2:dim() + 1) end
+        end
+        local ga = tracked(a) and unbroadcast(cmatmul(g2, b2:transpose(-1, -2)), a2:shape()):reshape(a:shape()) or nil
+        local gb = tracked(b) and unbroadcast(cmatmul(a2:transpose(-1, -2), g2), b2:shape()):reshape(b:shape()) or nil
+        return ga, gb
+      end)
+    end
+    return y
+  end)
+
+  -- ---- views and copies ------------------------------------------------------------------
+  -- grad(g, x, ...) gives dx from dy and the call's arguments.
+  local function view_op(name, grad)
+    local c = T[name]
+    T[name] = function(a, ...)
+      local y = c(a, ...)
+      if y ~= a and state.enabled and tracked(a) then
+        local args = table.pack(...)
+        record(name, { a }, y, function(g) return grad(g, a, table.unpack(args, 1, args.n)) end)
+      end
+      return y
+    end
+  end
+  local function back_to_shape(g, x) return g:reshape(x:shape()) end
+  view_op("view", back_to_shape)
+  view_op("reshape", back_to_shape)
+  view_op("unsqueeze", back_to_shape)
+  view_op("squeeze", back_to_shape)
+  view_op("contiguous", function(g) return g end)
+  view_op("clone", function(g) return g end)
+  view_op("transpose", function(g, x, d0, d1)
+    if d0 == nil then return g:t() end
+    return g:transpose(d0, d1)
+  end)
+  view_op("t", function(g) return g:t() end)
+  view_op("permute", function(g, x, ...)
+    local order = select("#", ...) == 1 and type(...) == "table" and (...) or { ... }
+    local inverse = {}
+    for i, d in ipairs(order) do
+      if d < 0 then d = d + #order + 1 end
+      inverse[d] = i
+    end
+    return g:permute(table.unpack(inverse))
+  end)
+  view_op("expand", function(g, x) return unbroadcast(g, x:shape()) end)
+  view_op("narrow", function(g, x, dim, start, len)
+    local z = core.zeros(x:shape())
+    z:narrow(dim, start, len):copy_(g)
+    return z
+  end)
+  view_op("select", function(g, x, dim, index)
+    local z = core.zeros(x:shape())
+    z:select(dim, index):copy_(g)
+    return z
+  end)
+  view_op("index_select", function(g, x, dim, index)
+    local z = core.zeros(x:shape())
+    local ids = index:totable()
+    for k, id in ipairs(ids) do
+      z:select(dim, id + 1):add_(g:select(dim, k))
+    end
+    return z
+  end)
+
+  -- In-place updates of a tensor the tape may have saved would corrupt its gradients.
+  for _, name in ipairs({ "add_", "sub_", "mul_", "div_", "copy_", "fill_", "zero_" }) do
+    local c = T[name]
+    T[name] = function(a, ...)
+      if state.enabled and tracked(a) then
+        error(("seqnn.%s: in-place update of a tensor that requires grad; do it under sn.no_grad, or out of place")
+          :format(name), 2)
+      end
+      return c(a, ...)
+    end
+  end
+
+  -- ---- autograd on tensors ------------------------------------------------------------------
+  -- t:requires_grad([flag = true]): marks a leaf (in place) and returns it.
+  function T:requires_grad(flag)
+    if flag == nil then flag = true end
+    if flag and self:dtype() ~= "f32" then
+      error(("seqnn.requires_grad: only f32 tensors can require grad, this one is %s"):format(self:dtype()), 2)
+    end
+    if autograd.node_of(self) then
+      if flag then return self end -- already part of a graph
+      error("seqnn.requires_grad: a computed tensor cannot stop requiring grad; use detach()", 2)
+    end
+    autograd.set_leaf(self, flag)
+    return self
+  end
+
+  function T:backward(gradient) return autograd.backward(self, gradient) end
+
+  -- A view of the same memory that is not part of any graph.
+  function T:detach() return self:alias() end
+
+  function T:is_leaf() return autograd.node_of(self) == nil end
+
+  sn.no_grad = autograd.no_grad
+  sn.autograd = autograd
+end
