@@ -42,5 +42,6 @@ void bench_fill(float *p, int64_t n, uint32_t seed);
 /* Suites, in the order they run. */
 void bench_matmul(void);
 void bench_memory(void);
+void bench_nn(void);
 
 #endif

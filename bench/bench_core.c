@@ -158,6 +158,7 @@ static const struct {
 } suites[] = {
     {"matmul", bench_matmul},
     {"memory", bench_memory},
+    {"nn", bench_nn},
 };
 
 int main(int argc, char **argv) {

@@ -5,14 +5,6 @@
 
 #include "seqnn.h"
 
-/* SplitMix64's finaliser over a Weyl sequence keyed by the seed. */
-static inline uint64_t word(uint64_t seed, uint64_t i) {
-  uint64_t z = seed * 0xD1342543DE82EF95ULL + (i + 1) * 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
 void sn_manual_seed(sn_ctx *ctx, uint64_t seed) {
   ctx->seed = seed;
   ctx->rng_offset = 0;
@@ -33,7 +25,7 @@ sn_status sn_rand(sn_ctx *ctx, sn_tensor *t, double lo, double hi) {
   double span = hi - lo;
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) {
-    float v = (float)(lo + span * ((word(seed, base + (uint64_t)i) >> 40) * 0x1p-24));
+    float v = (float)(lo + span * ((sn_rng_word(seed, base + (uint64_t)i) >> 40) * 0x1p-24));
     p[i] = v < (float)hi ? v : nextafterf((float)hi, (float)lo); /* rounding must not reach hi */
   }
   ctx->rng_offset += (uint64_t)n;
@@ -49,7 +41,7 @@ sn_status sn_randn(sn_ctx *ctx, sn_tensor *t, double mean, double std) {
   /* Box-Muller: one word gives two 32-bit uniforms and two normals. */
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t k = 0; k < pairs; k++) {
-    uint64_t w = word(seed, base + (uint64_t)k);
+    uint64_t w = sn_rng_word(seed, base + (uint64_t)k);
     double u1 = ((w >> 32) + 0.5) * 0x1p-32, u2 = ((w & 0xffffffffu) + 0.5) * 0x1p-32;
     double r = sqrt(-2.0 * log(u1)), a = 6.283185307179586 * u2;
     p[2 * k] = (float)(mean + std * r * cos(a));
@@ -71,7 +63,7 @@ sn_status sn_randint(sn_ctx *ctx, sn_tensor *t, int64_t lo, int64_t hi) {
   for (int64_t i = 0; i < n; i++) {
     /* Multiply-shift maps a 64-bit word onto [0, span) with bias below 2^-32 for any span
      * under 2^32; larger spans fall back to a modulo. */
-    uint64_t w = word(seed, base + (uint64_t)i);
+    uint64_t w = sn_rng_word(seed, base + (uint64_t)i);
     uint64_t r = span <= 0xffffffffu ? ((w >> 32) * span) >> 32 : w % span;
     p[i] = (int64_t)((uint64_t)lo + r);
   }

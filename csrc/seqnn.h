@@ -143,6 +143,14 @@ sn_status sn_index_select(sn_ctx *ctx, sn_tensor *out, const sn_tensor *src, int
 /* ---- random numbers ---------------------------------------------------------------
  * Counter-based (a 64-bit hash of seed and counter), so a tensor's values depend only on
  * the seed and how many numbers were drawn before it, never on the thread count. */
+/* Word i of the stream for seed: SplitMix64's finaliser over a Weyl sequence keyed by the
+ * seed. Kernels that draw random numbers (dropout) use it with ctx->seed/rng_offset. */
+static inline uint64_t sn_rng_word(uint64_t seed, uint64_t i) {
+  uint64_t z = seed * 0xD1342543DE82EF95ULL + (i + 1) * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
 void sn_manual_seed(sn_ctx *ctx, uint64_t seed);
 sn_status sn_rand(sn_ctx *ctx, sn_tensor *t, double lo, double hi);      /* uniform [lo, hi) */
 sn_status sn_randn(sn_ctx *ctx, sn_tensor *t, double mean, double std);  /* normal */
@@ -281,5 +289,114 @@ sn_status sn_safetensors_save(sn_ctx *ctx, const char *path, const char *const *
                               const sn_tensor *const *tensors, int64_t n,
                               const char *const *meta_keys, const char *const *meta_vals,
                               int64_t nmeta);
+
+/* ==== nn kernels (csrc/kernels/): fused forward/backward of sn.F, optimizer steps ======
+ * Row kernels see a tensor as (rows, C): C is the last dim (features), rows the product
+ * of the leading dims. Every tensor argument is contiguous; kernels check dtype, numel and
+ * contiguity (SN_EINVAL naming the argument) and never read outside a tensor. Outputs are
+ * overwritten, never accumulated into. Results are bitwise independent of the thread
+ * count: each output element has one writer, cross-row sums go through fixed row blocks. */
+
+/* The last dim (features) of t, 1 for a scalar. */
+static inline int64_t sn_last_dim(const sn_tensor *t) { return t->ndim ? t->size[t->ndim - 1] : 1; }
+/* The product of t's leading dims (1 for a scalar or a vector). */
+static inline int64_t sn_rows(const sn_tensor *t) {
+  int64_t r = 1;
+  for (int d = 0; d + 1 < t->ndim; d++) r *= t->size[d];
+  return r;
+}
+
+/* ---- normalization (kernels/norm.c) -------------------------------------------------
+ * layer_norm fwd:  mean[r] = mean_c x,  rstd[r] = 1/sqrt(mean_c (x - mean)^2 + eps)
+ *                  y = (x - mean) * rstd * w + b        (w, b optional: NULL means 1, 0)
+ *            bwd:  xhat = (x - mean) * rstd,  g = gy * w
+ *                  gx = rstd * (g - mean_c g - xhat * mean_c(g * xhat))
+ *                  gw[c] = sum_r gy * xhat,  gb[c] = sum_r gy   (gw, gb optional: NULL skips)
+ * rms_norm   fwd:  rstd[r] = 1/sqrt(mean_c x^2 + eps),  y = x * rstd * w   (w optional)
+ *            bwd:  gx = rstd * (g - x * rstd^2 * mean_c(g * x)),  gw[c] = sum_r gy * x * rstd
+ * Shapes: x, y, gy, gx (rows, C) f32; w, b, gw, gb (C); mean, rstd (rows), saved by fwd.
+ * Row statistics are accumulated in double. */
+sn_status sn_layer_norm_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *mean, sn_tensor *rstd,
+                            const sn_tensor *x, const sn_tensor *w, const sn_tensor *b, float eps);
+sn_status sn_layer_norm_bwd(sn_ctx *ctx, sn_tensor *gx, sn_tensor *gw, sn_tensor *gb,
+                            const sn_tensor *mean, const sn_tensor *rstd, const sn_tensor *gy,
+                            const sn_tensor *x, const sn_tensor *w);
+sn_status sn_rms_norm_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *rstd, const sn_tensor *x,
+                          const sn_tensor *w, float eps);
+sn_status sn_rms_norm_bwd(sn_ctx *ctx, sn_tensor *gx, sn_tensor *gw, const sn_tensor *rstd,
+                          const sn_tensor *gy, const sn_tensor *x, const sn_tensor *w);
+
+/* ---- softmax family (kernels/softmax.c), over the last dim ---------------------------
+ * softmax      fwd: y = exp(x - max) / sum exp(x - max)     bwd: gx = y * (gy - sum(gy * y))
+ * log_softmax  fwd: y = x - logsumexp(x)                    bwd: gx = gy - exp(y) * sum(gy)
+ * x, y, gy, gx (rows, C) f32, all the same numel. A row whose max is infinite or NaN gives
+ * NaN where PyTorch does (all -inf: NaN everywhere). */
+sn_status sn_softmax_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x);
+sn_status sn_softmax_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *y, const sn_tensor *gy);
+sn_status sn_log_softmax_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x);
+sn_status sn_log_softmax_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *y, const sn_tensor *gy);
+
+/* cross_entropy fwd: lse[r] = logsumexp_v logits[r, v],  loss[r] = lse[r] - logits[r, t[r]];
+ *   rows with t[r] == ignore_index get loss 0 and are not counted. *total = sum_r loss[r]
+ *   (in double, row order) and *count = rows not ignored, for the binding's reduction
+ *   ('mean' = total / count, NaN when every row is ignored, as in PyTorch).
+ * bwd: glogits[r, :] = scale * g[r] * (softmax(logits[r]) - onehot(t[r])), 0 on ignored
+ *   rows; g is the upstream gradient per row (N elements) or one value for every row.
+ * logits, glogits (N, V) f32; targets (N) i64, 0-based; loss, lse (N) f32, lse saved by fwd.
+ * A target outside [0, V) that is not ignore_index fails with SN_EINVAL naming its row. */
+sn_status sn_cross_entropy_fwd(sn_ctx *ctx, sn_tensor *loss, sn_tensor *lse, double *total,
+                               int64_t *count, const sn_tensor *logits, const sn_tensor *targets,
+                               int64_t ignore_index);
+sn_status sn_cross_entropy_bwd(sn_ctx *ctx, sn_tensor *glogits, const sn_tensor *lse,
+                               const sn_tensor *g, const sn_tensor *logits,
+                               const sn_tensor *targets, int64_t ignore_index, float scale);
+
+/* ---- embedding (kernels/embedding.c) -------------------------------------------------
+ * fwd: out[i, :] = weight[ids[i], :]      bwd: gweight[v, :] = sum_{i: ids[i] = v} gy[i, :]
+ * weight, gweight (V, D) f32; ids i64 of any shape (n elements), 0-based; out, gy (n, D).
+ * Every id is checked before anything is read: an id outside [0, V) fails with SN_EINVAL
+ * naming the value, its flat index and V. bwd sums each row's contributions in the order
+ * of the ids (a counting sort, then one writer per vocabulary row: no atomics). */
+sn_status sn_embedding_fwd(sn_ctx *ctx, sn_tensor *out, const sn_tensor *weight, const sn_tensor *ids);
+sn_status sn_embedding_bwd(sn_ctx *ctx, sn_tensor *gweight, const sn_tensor *gy, const sn_tensor *ids);
+
+/* ---- activation gradients (kernels/activation.c) -------------------------------------
+ * gx = gy * f'(x) for the forward ops of sn_unary:
+ *   SN_GELU (exact erf form)  f' = Phi(x) + x * phi(x)          `in` is x
+ *   SN_SILU                   f' = s * (1 + x * (1 - s)), s = sigmoid(x)   `in` is x
+ *   SN_SOFTPLUS               f' = sigmoid(x)                   `in` is x
+ *   SN_TANH                   f' = 1 - y^2                      `in` is y = tanh(x)
+ *   SN_SIGMOID                f' = y * (1 - y)                  `in` is y = sigmoid(x)
+ * gx, gy, in: f32, same numel; other ops fail with SN_EINVAL. */
+sn_status sn_activation_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *gy, const sn_tensor *in,
+                            sn_unop op);
+
+/* ---- dropout (kernels/dropout.c) -----------------------------------------------------
+ * Element i is kept when the uniform u_i = (sn_rng_word(seed, offset + i) >> 40) * 2^-24
+ * is >= p, and then scaled by 1/(1-p): y = keep ? x / (1-p) : 0,  gx = keep ? gy / (1-p) : 0.
+ * No mask is stored: bwd regenerates it from the same (seed, offset), so callers save those
+ * (the binding takes them from ctx->seed / ctx->rng_offset and advances the offset by numel).
+ * x, y, gy, gx f32, same numel; 0 <= p < 1. */
+sn_status sn_dropout_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, float p, uint64_t seed,
+                         uint64_t offset);
+sn_status sn_dropout_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *gy, float p, uint64_t seed,
+                         uint64_t offset);
+/* ---- optimizer steps (kernels/optim.c), in place over one parameter tensor -----------
+ * AdamW, exactly PyTorch's torch.optim.AdamW (amsgrad off), with t = step >= 1:
+ *   p  = p * (1 - lr * weight_decay)                      decoupled weight decay
+ *   m  = m + (1 - beta1) * (g - m)                        exp_avg.lerp_(g, 1 - beta1)
+ *   v  = v * beta2 + (1 - beta2) * g * g
+ *   p  = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+ * SGD, as torch.optim.SGD (buf NULL when momentum is 0; `first` on the first step):
+ *   g  = g + weight_decay * p;   buf = first ? g : momentum * buf + (1 - dampening) * g
+ *   g  = nesterov ? g + momentum * buf : buf;   p = p - lr * g
+ * Scalar factors are formed in double, elements updated in f32. All tensors f32 contiguous
+ * with the same numel; grad is only read. */
+sn_status sn_adamw_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *exp_avg, sn_tensor *exp_avg_sq,
+                        const sn_tensor *grad, double lr, double beta1, double beta2, double eps,
+                        double weight_decay, int64_t step);
+sn_status sn_sgd_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, const sn_tensor *grad, double lr,
+                      double momentum, double dampening, double weight_decay, bool nesterov,
+                      bool first);
 
 #endif /* SEQNN_H */

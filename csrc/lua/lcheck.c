@@ -14,18 +14,19 @@ int sn_lua_fail(lua_State *L, const char *fmt, ...) {
   va_end(ap);
   /* The message is data, never a format string; level 1 adds no position of ours. */
   lua_pushstring(L, msg);
-  return lua_error(L);
+  lua_error(L);
+  __builtin_unreachable(); /* lua_error longjmps; Lua's header does not say noreturn */
 }
 
 int sn_lua_raise(lua_State *L, const char *fn, sn_status st) {
   const char *msg = sn_lua_ctx(L)->err;
   size_t n = strlen(fn);
-  if (strncmp(msg, fn, n) == 0 && msg[n] == ':') return sn_lua_fail(L, "%s", msg);
+  if (strncmp(msg, fn, n) == 0 && msg[n] == ':') sn_lua_fail(L, "%s", msg);
   /* The core names its own entry point ("seqnn.add: ..."); the user called fn. */
   const char *colon = strstr(msg, ": ");
   if (strncmp(msg, "seqnn", 5) == 0 && colon && !memchr(msg, ' ', (size_t)(colon - msg)))
     msg = colon + 2;
-  return sn_lua_fail(L, "%s: %s", fn, msg);
+  sn_lua_fail(L, "%s: %s", fn, msg);
 }
 
 /* The metatable also lives in the registry under this address: looking it up by pointer

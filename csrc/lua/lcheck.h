@@ -24,9 +24,9 @@ static inline sn_ctx *sn_lua_ctx(lua_State *L) { return (sn_ctx *)lua_touserdata
 #define SN_SHAPE(t) sn_shape_str((t), (char[160]){0}, 160)
 
 /* Formats a message and raises it as a Lua error. Never returns. */
-int sn_lua_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int sn_lua_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 /* Raises ctx->err (set by the core) for status st. */
-int sn_lua_raise(lua_State *L, const char *fn, sn_status st);
+int sn_lua_raise(lua_State *L, const char *fn, sn_status st) __attribute__((noreturn));
 
 /* The tensor at idx, checked for type, dtype (pass -1 for any) and not freed. */
 sn_tensor *sn_lua_check_tensor(lua_State *L, int idx, const char *fn, const char *arg, int dtype);
@@ -56,5 +56,9 @@ sn_dtype sn_lua_opt_dtype(lua_State *L, int idx, const char *fn, sn_dtype def);
 /* Registers the tensor functions and methods (ltensor.c, lmath.c). */
 void sn_lua_open_tensor(lua_State *L, int methods);
 void sn_lua_open_math(lua_State *L, int methods);
+/* Registers the nn kernels as core.k_* (lnn.c). */
+void sn_lua_open_nn(lua_State *L);
+/* Registers save and load (lio.c). */
+void sn_lua_open_io(lua_State *L, int methods);
 
 #endif

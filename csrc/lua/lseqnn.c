@@ -131,6 +131,8 @@ int luaopen_seqnn_core(lua_State *L) {
   lua_pushvalue(L, -2);
   sn_lua_open_tensor(L, methods);
   sn_lua_open_math(L, methods);
+  sn_lua_open_nn(L);
+  sn_lua_open_io(L, methods);
   lua_pop(L, 2);
 
   lua_pushvalue(L, module);
