@@ -6,6 +6,7 @@
 #   make bench      one table of timings (see bench/README.md)
 #   make install    core.so -> $(LIBDIR)/seqnn, lua/seqnn -> $(LUADIR)/seqnn, REPL -> $(BINDIR)
 #   make lint       cppcheck over csrc/
+#   make fuzz       libFuzzer over the safetensors parser for FUZZ_SECONDS (needs clang)
 #
 # luarocks passes CFLAGS, LIBFLAG, LUA_INCDIR, LIBDIR, LUADIR and BINDIR (rocks/*.rockspec).
 
@@ -20,7 +21,7 @@ LIBDIR     ?= $(PREFIX)/lib/lua/5.4
 LUADIR     ?= $(PREFIX)/share/lua/5.4
 BINDIR     ?= $(PREFIX)/bin
 
-PKGS       := openblas sleef
+PKGS       := openblas sleef libcjson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS))
 
@@ -33,7 +34,7 @@ SN_LIBS    := $(PKG_LIBS) -fopenmp -lm
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c
 
-CORE_SRC := $(sort $(wildcard csrc/*.c csrc/simd/*.c csrc/ops/*.c csrc/kernels/*.c))
+CORE_SRC := $(sort $(wildcard csrc/*.c csrc/simd/*.c csrc/ops/*.c csrc/kernels/*.c csrc/io/*.c))
 LUA_SRC  := $(sort $(wildcard csrc/lua/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC:= $(sort $(wildcard bench/bench_*.c))
@@ -42,7 +43,7 @@ HEADERS  := $(wildcard csrc/*.h csrc/*/*.h)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 LUA_OBJ  := $(LUA_SRC:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all test test-c test-lua asan bench install lint clean
+.PHONY: all test test-c test-lua asan fuzz bench install lint clean
 all: $(BUILD)/seqnn/core.so $(BUILD)/libseqnn.a
 
 $(BUILD)/obj/csrc/simd/%_avx2.o: csrc/simd/%_avx2.c $(HEADERS)
@@ -99,6 +100,24 @@ asan:
 	  all build-asan/tests/seqnn_tests
 	@BUILD=build-asan LUA=$(LUA) SN_SANITIZE=1 tests/run-all
 
+# libFuzzer with ASan+UBSan over fuzz/fuzz_safetensors.c; the core is rebuilt with clang in
+# build-fuzz. New inputs go to fuzz/corpus (seeded from tests/fuzz_corpus), crashes to
+# fuzz/findings/; copy a reproducer into tests/fuzz_corpus once its bug is fixed.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" \
+	  build-fuzz/fuzz/fuzz_safetensors
+	mkdir -p fuzz/corpus fuzz/findings
+	cp -n tests/fuzz_corpus/* fuzz/corpus/
+	build-fuzz/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -dict=fuzz/safetensors.dict \
+	  -artifact_prefix=fuzz/findings/ fuzz/corpus
+
+$(BUILD)/fuzz/fuzz_safetensors: fuzz/fuzz_safetensors.c $(BUILD)/libseqnn.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $(SN_CFLAGS) -o $@ $< $(BUILD)/libseqnn.a $(SN_LIBS)
+
 bench: all $(BUILD)/bench/seqnn_bench
 	@$(BUILD)/bench/seqnn_bench
 	@$(LUA_ENV) $(LUA) bench/bench_lua.lua
@@ -114,4 +133,4 @@ lint:
 	  --inline-suppr --suppress=missingIncludeSystem -Icsrc $(PKG_CFLAGS:-I%=-I%) csrc
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
