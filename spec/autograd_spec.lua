@@ -31,7 +31,7 @@ describe("autograd", function()
 
   it("differentiates unary math", function()
     local a, p = leaf(2, 5), positive(2, 5)
-    for _, name in ipairs({ "exp", "tanh", "sigmoid", "silu", "softplus" }) do
+    for _, name in ipairs({ "exp", "tanh", "sigmoid", "silu", "softplus", "gelu", "abs" }) do
       assert.is_true(gradcheck(function(x) return x[name](x) end, { a }), name)
     end
     for _, name in ipairs({ "log", "sqrt", "rsqrt" }) do

@@ -18,8 +18,11 @@ end
 require("seqnn.tensor")(sn)
 require("seqnn.tensor_grad")(sn)
 
--- Submodules that are loaded when first touched: sn.repl, later sn.nn, sn.optim ...
-local lazy = { repl = "seqnn.repl", class = "seqnn.class", data = "seqnn.data" }
+-- Submodules that are loaded when first touched.
+local lazy = {
+  repl = "seqnn.repl", class = "seqnn.class", data = "seqnn.data", F = "seqnn.F",
+  nn = "seqnn.nn", optim = "seqnn.optim",
+}
 
 return setmetatable(sn, {
   __index = function(t, key)

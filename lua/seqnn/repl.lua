@@ -229,20 +229,9 @@ end
 ----------------------------------------------------------------------------- the loop
 
 local function banner(sn)
-  local info = {}
-  local version = rawget(sn, "_VERSION") or rawget(sn, "version")
-  info[#info + 1] = "seqnn " .. (type(version) == "string" and version or "scm")
-  local ok, cfg = pcall(function() return sn.config() end)
-  if ok and type(cfg) == "table" then
-    local simd = cfg.simd or cfg.simd_level
-    local threads = cfg.threads or cfg.num_threads
-    local blas = cfg.blas
-    if simd then info[#info + 1] = "SIMD " .. tostring(simd) end
-    if threads then info[#info + 1] = tostring(threads) .. " threads" end
-    if blas then info[#info + 1] = tostring(blas) end
-  end
-  info[#info + 1] = _VERSION
-  io.stdout:write(table.concat(info, " | "), "\n",
+  local cfg = sn.config()
+  io.stdout:write(("%s | %s | SIMD %s | %d threads | OpenBLAS core %s\n"):format(
+    sn._VERSION, _VERSION, cfg.simd, cfg.threads, cfg.blas_core),
     "`sn` is loaded. Expressions print their values; Ctrl-D quits; seqnn -h for help.\n")
 end
 
@@ -339,8 +328,7 @@ function M.main(argv)
     if a == "-h" or a == "--help" then print(M.usage); return 0
     elseif a == "-v" or a == "--version" then
       local sn = load_seqnn(); if not sn then return 1 end
-      local v = rawget(sn, "_VERSION") or rawget(sn, "version")
-      print("seqnn " .. (type(v) == "string" and v or "scm") .. " (" .. _VERSION .. ")")
+      print(sn._VERSION .. " (" .. _VERSION .. ")")
       return 0
     elseif a == "-i" then interactive = true
     elseif a == "-e" then

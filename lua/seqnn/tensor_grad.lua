@@ -102,15 +102,16 @@ return function(sn)
   end
   unary("exp", function(_, y, g) return g * y end)
   unary("log", function(x, _, g) return g / x end)
-  unary("tanh", function(_, y, g) return g * (1 - y * y) end)
-  unary("sigmoid", function(_, y, g) return g * y * (1 - y) end)
   unary("sqrt", function(_, y, g) return g * 0.5 / y end)
   unary("rsqrt", function(_, y, g) return g * -0.5 * y * y * y end)
-  unary("silu", function(x, _, g)
-    local s = core.sigmoid(x)
-    return g * s * (1 + x * (1 - s))
-  end)
-  unary("softplus", function(x, _, g) return g * core.sigmoid(x) end)
+  -- abs'(x) = sign(x), 0 at 0: x / |x| with the 0/0 case sent to 0 by the max.
+  unary("abs", function(x, y, g) return g * x / y:maximum(1e-38) end)
+  -- Fused C backward: one pass instead of several temporaries.
+  unary("tanh", function(_, y, g) return core.k_tanh_bwd(g, y) end)
+  unary("sigmoid", function(_, y, g) return core.k_sigmoid_bwd(g, y) end)
+  unary("gelu", function(x, _, g) return core.k_gelu_bwd(g, x) end)
+  unary("silu", function(x, _, g) return core.k_silu_bwd(g, x) end)
+  unary("softplus", function(x, _, g) return core.k_softplus_bwd(g, x) end)
 
   -- ---- reductions -----------------------------------------------------------------------
   -- The gradient of a reduction, broadcast back over the reduced dim (or everything).

@@ -9,8 +9,8 @@ function Tokenizer:decode(ids)
   local fn = getmetatable(self).__name .. ":decode"
   if sn.is_tensor(ids) then
     if ids:dim() ~= 1 or ids:dtype() ~= "i64" then
-      error(("%s: ids must be a 1-dim i64 tensor, got %s %s"):format(
-        fn, table.concat(ids:shape(), "x"), ids:dtype()), 2)
+      local shape = ids:dim() == 0 and "scalar" or table.concat(ids:shape(), "x")
+      error(("%s: ids must be a 1-dim i64 tensor, got %s %s"):format(fn, shape, ids:dtype()), 2)
     end
     ids = ids:totable()
   elseif type(ids) ~= "table" then
@@ -36,10 +36,9 @@ function Tokenizer.from_state(state)
     error(("seqnn.data.Tokenizer.from_state: unknown tokenizer type %s (expected ByteTokenizer or CharTokenizer)")
       :format(tostring(kind)), 2)
   end
-  -- Required here, not at load time: the subclasses require this file.
-  local ok, tok = pcall(require("seqnn.data." .. kind).from_state, state)
-  if not ok then error(tok, 2) end
-  return tok
+  -- Required here, not at load time, since the subclasses require this file. A tail call,
+  -- so that the subclass's errors point at our caller.
+  return require("seqnn.data." .. kind).from_state(state)
 end
 
 return Tokenizer

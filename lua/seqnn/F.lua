@@ -1,0 +1,153 @@
+-- sn.F: differentiable functions. Each calls a fused C forward (core.k_*), records one
+-- tape node whose backward calls the fused C backward, and releases what it saved once
+-- that backward has run. Functions made of GEMMs (linear) or cheap elementwise steps
+-- (mse_loss) are compositions of the differentiable tensor methods.
+local core = require "seqnn.core"
+local autograd = require "seqnn.autograd"
+
+local record = autograd.record
+local F = {}
+
+local function shape_str(t)
+  local s = t:shape()
+  return #s == 0 and "scalar" or table.concat(s, "x")
+end
+
+local function check_tensor(fn, name, v, pos)
+  if not core.is_tensor(v) then
+    error(("bad argument #%d '%s' to 'seqnn.F.%s' (seqnn.Tensor expected, got %s)"):format(
+      pos, name, fn, type(v)), 3)
+  end
+end
+
+-- linear(x, weight [, bias]): x (..., in), weight (out, in), bias (out) -> (..., out).
+-- One GEMM over all leading dims; weight:t() is a transposed view, not a copy.
+function F.linear(x, weight, bias)
+  check_tensor("linear", "x", x, 1)
+  check_tensor("linear", "weight", weight, 2)
+  if weight:dim() ~= 2 or x:dim() < 1 or x:size(-1) ~= weight:size(2) then
+    error(("seqnn.F.linear: x has %d features but weight expects %s (x: %s, weight: %s)"):format(
+      x:dim() > 0 and x:size(-1) or 0, weight:dim() == 2 and tostring(weight:size(2)) or "a 2-dim weight",
+      shape_str(x), shape_str(weight)), 2)
+  end
+  if bias ~= nil then
+    check_tensor("linear", "bias", bias, 3)
+    if bias:dim() ~= 1 or bias:size(1) ~= weight:size(1) then
+      error(("seqnn.F.linear: bias has shape %s but weight has %d outputs (weight: %s)"):format(
+        shape_str(bias), weight:size(1), shape_str(weight)), 2)
+    end
+  end
+  local y = x:matmul(weight:t())
+  if bias ~= nil then y = y + bias end
+  return y
+end
+
+-- embedding(ids, weight): ids i64 (any shape, 0-based, checked against the vocabulary),
+-- weight (V, D) -> ids' shape with D appended. The gradient reaches only the rows read.
+function F.embedding(ids, weight)
+  local y = core.k_embedding_fwd(weight, ids)
+  record("embedding", { weight }, y, function(g)
+    local gw = core.k_embedding_bwd(g, ids, weight:size(1))
+    ids = nil
+    return gw
+  end)
+  return y
+end
+
+-- layer_norm(x, weight, bias [, eps = 1e-5]) over the last dim; weight and bias may be nil.
+function F.layer_norm(x, weight, bias, eps)
+  local y, mean, rstd = core.k_layer_norm_fwd(x, weight, bias, eps or 1e-5)
+  record("layer_norm", { x, weight, bias, n = 3 }, y, function(g)
+    local gx, gw, gb = core.k_layer_norm_bwd(g, x, weight, mean, rstd, bias ~= nil)
+    x, mean, rstd = nil, nil, nil
+    return gx, gw, gb
+  end)
+  return y
+end
+
+-- rms_norm(x, weight [, eps = 1e-6]) over the last dim; weight may be nil.
+function F.rms_norm(x, weight, eps)
+  local y, rstd = core.k_rms_norm_fwd(x, weight, eps or 1e-6)
+  record("rms_norm", { x, weight, n = 2 }, y, function(g)
+    local gx, gw = core.k_rms_norm_bwd(g, x, weight, rstd)
+    x, rstd = nil, nil
+    return gx, gw
+  end)
+  return y
+end
+
+-- The kernels work on the last dim; another dim is moved there and back (views).
+local function along(dim, x, fn)
+  if dim == nil or dim == -1 or dim == x:dim() then return fn(x) end
+  return fn(x:transpose(dim, -1)):transpose(dim, -1)
+end
+
+-- softmax(x [, dim = -1]) and log_softmax(x [, dim = -1]), max-subtracted.
+for _, name in ipairs({ "softmax", "log_softmax" }) do
+  local fwd, bwd = core["k_" .. name .. "_fwd"], core["k_" .. name .. "_bwd"]
+  local function last_dim(x)
+    local y = fwd(x)
+    record(name, { x }, y, function(g) return bwd(g, y) end)
+    return y
+  end
+  F[name] = function(x, dim) return along(dim, x, last_dim) end
+end
+
+-- gelu (exact, erf), silu, softplus, tanh, sigmoid: the tensor methods, with fused backward.
+for _, name in ipairs({ "gelu", "silu", "softplus", "tanh", "sigmoid", "exp", "log" }) do
+  F[name] = function(x) return x[name](x) end
+end
+
+-- dropout(x, p [, training = true]): zeroes elements with probability p and scales the
+-- rest by 1/(1-p); the mask comes from the seqnn generator (sn.manual_seed).
+function F.dropout(x, p, training)
+  if training == false or p == 0 then return x end
+  local y, seed, offset = core.k_dropout_fwd(x, p)
+  record("dropout", { x }, y, function(g) return core.k_dropout_bwd(g, p, seed, offset) end)
+  return y
+end
+
+-- cross_entropy(logits, targets [, {ignore_index = -100, reduction = "mean"}]):
+-- logits (N, V) or (B, T, V), targets i64 0-based classes (N) or (B, T). Fused
+-- log-softmax + NLL, stable at extreme logits; rows whose target is ignore_index add
+-- nothing and are not counted in the mean (all ignored: NaN, as in PyTorch).
+function F.cross_entropy(logits, targets, opts)
+  opts = opts or {}
+  check_tensor("cross_entropy", "logits", logits, 1)
+  check_tensor("cross_entropy", "targets", targets, 2)
+  local ignore, reduction = opts.ignore_index or -100, opts.reduction or "mean"
+  local V = logits:dim() > 0 and logits:size(-1) or 0
+  if logits:dim() == 3 then
+    if targets:dim() ~= 2 or targets:size(1) ~= logits:size(1) or targets:size(2) ~= logits:size(2) then
+      error(("seqnn.F.cross_entropy: targets must be %dx%d for logits %s, got %s"):format(
+        logits:size(1), logits:size(2), shape_str(logits), shape_str(targets)), 2)
+    end
+  elseif logits:dim() ~= 2 then
+    error(("seqnn.F.cross_entropy: logits must be (N, V) or (B, T, V), got %s"):format(shape_str(logits)), 2)
+  end
+  local flat_logits = logits:dim() == 3 and logits:reshape(-1, V) or logits
+  local flat_targets = targets:dim() == 2 and logits:dim() == 3 and targets:reshape(-1) or targets
+  local loss, lse, count = core.k_cross_entropy_fwd(flat_logits, flat_targets, ignore, reduction)
+  if reduction == "none" then loss = loss:view(targets:shape()) end
+  record("cross_entropy", { flat_logits }, loss, function(g)
+    local gl = core.k_cross_entropy_bwd(g:reshape(-1), flat_logits, flat_targets, lse, ignore, reduction, count)
+    lse = nil
+    return gl
+  end)
+  return loss
+end
+
+-- mse_loss(input, target [, reduction = "mean" | "sum" | "none"])
+function F.mse_loss(input, target, reduction)
+  check_tensor("mse_loss", "input", input, 1)
+  check_tensor("mse_loss", "target", target, 2)
+  local d = input - target
+  local sq = d * d
+  reduction = reduction or "mean"
+  if reduction == "mean" then return sq:mean() end
+  if reduction == "sum" then return sq:sum() end
+  if reduction == "none" then return sq end
+  error(("seqnn.F.mse_loss: reduction must be 'mean', 'sum' or 'none', got %s"):format(tostring(reduction)), 2)
+end
+
+return F

@@ -1,0 +1,13 @@
+-- sn.nn: modules. Every layer derives from sn.nn.Module (see Module.lua and docs/nn.md).
+--
+--   sn.nn.Linear(in, out [, {bias = true}])      sn.nn.Embedding(num, dim)
+--   sn.nn.LayerNorm(dim [, {eps, affine}])       sn.nn.RMSNorm(dim [, {eps}])
+--   sn.nn.Dropout(p)  sn.nn.GELU()  sn.nn.SiLU()  sn.nn.Tanh()
+--   sn.nn.Sequential(m1, m2, ...)  sn.nn.ModuleList{m1, m2, ...}
+--   sn.nn.MLP{d1, ..., dn, activation = "gelu", dropout = 0}   sn.nn.SwiGLU(dim, hidden)
+local nn = {}
+for _, name in ipairs({ "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
+                        "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU" }) do
+  nn[name] = require("seqnn.nn." .. name)
+end
+return nn
