@@ -562,6 +562,20 @@ sn_status sn_index_select(sn_ctx *ctx, sn_tensor *out, const sn_tensor *src, int
                      (long long)v, dim + 1, (long long)src->size[dim], sn_shape_str(src, s2, sizeof s2),
                      sn_shape_str(index, s3, sizeof s3));
   }
+  if (sn_is_contiguous(src) && sn_is_contiguous(out)) {
+    /* (outer, size[dim], inner) blocks: each pick is one memcpy of `inner` elements. */
+    int64_t outer = 1, inner = 1, n = src->size[dim];
+    for (int d = 0; d < dim; d++) outer *= src->size[d];
+    for (int d = dim + 1; d < src->ndim; d++) inner *= src->size[d];
+    size_t row = (size_t)inner * sn_dtype_size(src->dtype);
+    const char *from = sn_data(src);
+    char *to = sn_data(out);
+#pragma omp parallel for schedule(static) if (outer * k * inner > (1 << 16))
+    for (int64_t o = 0; o < outer; o++)
+      for (int64_t i = 0; i < k; i++)
+        memcpy(to + (size_t)(o * k + i) * row, from + (size_t)(o * n + idx[i * index->stride[0]]) * row, row);
+    return SN_OK;
+  }
   for (int64_t i = 0; i < k; i++) {
     sn_tensor from, to;
     sn_select(ctx, &from, src, dim, idx[i * index->stride[0]]);

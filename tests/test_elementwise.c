@@ -170,6 +170,41 @@ Test(elementwise, unary_nan_inf_and_extremes) {
   restore_level();
 }
 
+/* tanh and GELU against erfc-based double references over every magnitude, relative to
+ * the result (the tolerances above hide errors of small results behind atol): |x| from
+ * 1e-30 to 20 on a log grid, both signs, plus a dense grid over [-16, 16]. The vector
+ * tables' own polynomials measure <= 1.5e-7 (tanh) and 4.6e-7 (GELU, negative tail);
+ * atol 1e-43 only forgives subnormal results. */
+Test(elementwise, tanh_and_gelu_relative_accuracy_everywhere) {
+  int64_t n = 2 * 6000 + 64001;
+  sn_tensor a = tu_empty(&ctx, SN_F32, 1, &n), out = tu_empty(&ctx, SN_F32, 1, &n);
+  float *pa = sn_f32(&a);
+  for (int64_t i = 0; i < 6000; i++) {
+    pa[2 * i] = (float)pow(10.0, -30.0 + 31.30103 * (double)i / 5999.0);
+    pa[2 * i + 1] = -pa[2 * i];
+  }
+  for (int64_t i = 0; i < 64001; i++) pa[12000 + i] = -16.0f + 32.0f * (float)i / 64000.0f;
+  double *ref = malloc((size_t)n * sizeof *ref);
+  const sn_unop ops[] = {SN_TANH, SN_GELU};
+  const double rtol[] = {3e-7, 6e-7};
+  for (int lv = 0; lv < level_count(); lv++) {
+    use_level(lv);
+    for (int k = 0; k < 2; k++) {
+      for (int64_t i = 0; i < n; i++) {
+        double x = pa[i];
+        ref[i] = as_f32(ops[k] == SN_TANH ? tanh(x) : 0.5 * x * erfc(-x / sqrt(2.0)));
+      }
+      cr_assert_eq(sn_unary(&ctx, &out, &a, ops[k]), SN_OK, "%s", ctx.err);
+      cr_expect_leq(tu_max_scaled_err(&out, ref, 1e-43, rtol[k]), 1.0, "%s (simd %s)", sn_unop_name(ops[k]),
+                    sn_simd_level());
+    }
+  }
+  restore_level();
+  free(ref);
+  sn_tensor_release(&a);
+  sn_tensor_release(&out);
+}
+
 Test(elementwise, unary_on_transposed_and_narrowed_views) {
   int64_t size[] = {9, 37};
   sn_tensor base = filled(2, size, 3), t, v;

@@ -244,6 +244,29 @@ Test(reduce, nan_and_inf) {
   restore_level();
 }
 
+/* Logsumexp reads a run once, rescaling its sum whenever a later chunk has a larger max:
+ * rows whose max grows all along, jumps at the end, or follows a run of -inf. */
+Test(reduce, logsumexp_with_a_growing_max) {
+  int64_t size[] = {4, 5003}, big[] = {150001};
+  for (int lv = 0; lv < level_count(); lv++) {
+    use_level(lv);
+    sn_tensor a = filled(2, size, 71), b = filled(1, big, 72);
+    float *p = sn_f32(&a);
+    for (int64_t j = 0; j < 5003; j++) {
+      p[j] = 0.05f * (float)j;                         /* ends near 250: e^x overflows f32 */
+      p[5003 + j] = j == 5002 ? 90.0f : p[5003 + j];    /* the max in the last element */
+      p[2 * 5003 + j] = j < 3000 ? -INFINITY : p[2 * 5003 + j];
+      p[3 * 5003 + j] = -0.05f * (float)j;             /* the max first */
+    }
+    for (int64_t j = 0; j < big[0]; j++) sn_f32(&b)[j] += 1e-3f * (float)j; /* across blocks */
+    check_reduce(&a, 1, SN_LOGSUMEXP, "growing max");
+    check_reduce(&b, 0, SN_LOGSUMEXP, "growing max over blocks");
+    sn_tensor_release(&a);
+    sn_tensor_release(&b);
+  }
+  restore_level();
+}
+
 /* ---- empty dims, i64, bad input --------------------------------------------------------- */
 
 Test(reduce, empty_dims) {

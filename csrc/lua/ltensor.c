@@ -130,7 +130,7 @@ static void fill_from_table(lua_State *L, const char *fn, const sn_tensor *t, in
   for (int64_t i = 1; i <= t->size[d]; i++) {
     size_t n = strlen(path);
     snprintf(path + n, plen - n, "[%lld]", (long long)i);
-    lua_geti(L, -1, i);
+    lua_rawgeti(L, -1, i);
     if (d + 1 < t->ndim) {
       fill_from_table(L, fn, t, d + 1, at, path, plen);
     } else {

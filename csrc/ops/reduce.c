@@ -9,7 +9,9 @@
  *     sn_vec acc_* kernels, so the loads vectorize along inner.
  * Both cuts depend on the shape alone, so results are bitwise the same for any thread
  * count. Sums are accumulated in double (float lanes inside sn_vec->sum's short blocks).
- * Logsumexp is max + log(sum exp(x - max)); an infinite or NaN max is the result itself. */
+ * Logsumexp is max + log(sum exp(x - max)); an infinite or NaN max is the result itself.
+ * Over a run it reads the data once: each LSE_CHUNK's max, then its exps while it is in
+ * L1, the sum so far rescaled whenever the max grows (blocks merge the same way). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +23,10 @@
 #define BLOCK 65536
 /* Outputs per task when reducing a dim that is not last (stack accumulators). */
 #define TILE 1024
+/* Rows per acc_add call: this many concurrent streams, each a TILE-long run. */
+#define ACC_ROWS 8
+/* Elements per logsumexp chunk: small enough for L1, long enough to amortize a max. */
+#define LSE_CHUNK 1024
 /* Below this many input elements everything runs on the calling thread. */
 #define PARALLEL_MIN 65536
 
@@ -36,14 +42,16 @@ typedef struct {
   int64_t outer, R, rstride, inner; /* inner dims have stride 1 */
 } layout;
 
-/* One block's (or whole run's) result: a sum, an extreme value, or an extreme and its index. */
+/* One block's (or whole run's) result: a sum, an extreme value, an extreme and its index,
+ * or for logsumexp the max m and v = sum exp(x - m). */
 typedef struct {
   double v;
   int64_t i;
+  float m;
 } partial;
 
 typedef struct {
-  sn_redop op; /* logsumexp over blocks runs a first pass as SN_RMAX */
+  sn_redop op;
   layout l;
   void *out;
   int64_t blocks; /* per run (inner == 1) or TILE tasks per outer index (inner > 1) */
@@ -97,13 +105,29 @@ static bool beats(sn_redop op, double v, double best) {
   return (op == SN_RMAX || op == SN_ARGMAX) ? v > best : v < best;
 }
 
-/* x[0..n) of a run whose first element has index `start`; m: the run's max (logsumexp). */
-static partial block_partial(sn_redop op, const float *x, int64_t n, int64_t start, float m) {
-  partial p = {0, 0};
+/* (max, sum exp(x - max)) of x[0..n) in one read; the sum is 0 unless the max is finite,
+ * and a NaN ends the scan. */
+static partial lse_partial(const float *x, int64_t n) {
+  partial p = {0, 0, -INFINITY};
+  for (int64_t c = 0; c < n && !isnan(p.m); c += LSE_CHUNK) {
+    int64_t len = n - c < LSE_CHUNK ? n - c : LSE_CHUNK;
+    float cm = sn_vec->max(x + c, len);
+    if (!(cm <= p.m)) { /* exp(-inf) = 0 rescales an empty sum when p.m was -inf */
+      p.v = isfinite(cm) ? p.v * exp((double)p.m - cm) : 0;
+      p.m = cm;
+    }
+    if (isfinite(p.m)) p.v += sn_vec->sumexp(x + c, p.m, len);
+  }
+  return p;
+}
+
+/* x[0..n) of a run whose first element has index `start`. */
+static partial block_partial(sn_redop op, const float *x, int64_t n, int64_t start) {
+  partial p = {0, 0, 0};
   switch (op) {
   case SN_SUM:
   case SN_MEAN: p.v = sn_vec->sum(x, n); break;
-  case SN_LOGSUMEXP: p.v = isfinite(m) ? sn_vec->sumexp(x, m, n) : 0; break;
+  case SN_LOGSUMEXP: p = lse_partial(x, n); break;
   case SN_RMAX:
   case SN_ARGMAX: p.v = sn_vec->max(x, n); break;
   case SN_RMIN:
@@ -114,22 +138,31 @@ static partial block_partial(sn_redop op, const float *x, int64_t n, int64_t sta
   return p;
 }
 
-/* Folds the blocks of one run in order. */
+/* Folds the blocks of one run in order; logsumexp sums each block's exps rescaled to the
+ * largest max (a NaN max wins). */
 static partial combine(sn_redop op, const partial *p, int64_t n) {
   partial r = p[0];
+  if (op == SN_LOGSUMEXP) {
+    for (int64_t b = 1; b < n; b++)
+      if (isnan(p[b].m) || p[b].m > r.m) r.m = p[b].m;
+    if (!isfinite(r.m)) return r;
+    r.v = 0;
+    for (int64_t b = 0; b < n; b++) r.v += p[b].v * exp((double)p[b].m - r.m);
+    return r;
+  }
   for (int64_t b = 1; b < n; b++) {
-    if (op == SN_SUM || op == SN_MEAN || op == SN_LOGSUMEXP) r.v += p[b].v;
+    if (op == SN_SUM || op == SN_MEAN) r.v += p[b].v;
     else if (beats(op, p[b].v, r.v)) r = p[b];
   }
   return r;
 }
 
-/* Writes output o from its run's combined partial; m is the run's max for logsumexp. */
-static void finish(const task *t, int64_t o, partial p, float m) {
+/* Writes output o from its run's combined partial. */
+static void finish(const task *t, int64_t o, partial p) {
   float *y = t->out;
   switch (t->op) {
   case SN_MEAN: y[o] = (float)(p.v / (double)t->l.R); break;
-  case SN_LOGSUMEXP: y[o] = isfinite(m) ? (float)(m + log(p.v)) : m; break;
+  case SN_LOGSUMEXP: y[o] = isfinite(p.m) ? (float)(p.m + log(p.v)) : p.m; break;
   case SN_ARGMAX:
   case SN_ARGMIN: ((int64_t *)t->out)[o] = p.i; break;
   default: y[o] = (float)p.v; break;
@@ -139,19 +172,15 @@ static void finish(const task *t, int64_t o, partial p, float m) {
 /* inner == 1, one task per run: the whole reduction of run o. */
 static void run_task(const task *t, int64_t o) {
   const float *x = (const float *)t->l.x + outer_offset(&t->l, o);
-  int64_t R = t->l.R;
-  float m = t->op == SN_LOGSUMEXP ? sn_vec->max(x, R) : 0.0f;
-  finish(t, o, block_partial(t->op, x, R, 0, m), m);
+  finish(t, o, block_partial(t->op, x, t->l.R, 0));
 }
 
-/* inner == 1, long runs: block b of run o into t->parts; logsumexp's second pass reads the
- * run's max from the output, where the first pass left it. */
+/* inner == 1, long runs: block b of run o into t->parts. */
 static void block_task(const task *t, int64_t item) {
   int64_t o = item / t->blocks, start = item % t->blocks * BLOCK;
   int64_t n = t->l.R - start < BLOCK ? t->l.R - start : BLOCK;
   const float *x = (const float *)t->l.x + outer_offset(&t->l, o) + start;
-  float m = t->op == SN_LOGSUMEXP ? ((const float *)t->out)[o] : 0.0f;
-  t->parts[item] = block_partial(t->op, x, n, start, m);
+  t->parts[item] = block_partial(t->op, x, n, start);
 }
 
 /* inner > 1: outputs [j0, j0 + n) of outer index o, sweeping the R rows. */
@@ -167,7 +196,8 @@ static void tile_task(const task *t, int64_t item) {
   case SN_SUM:
   case SN_MEAN:
     memset(acc, 0, (size_t)n * sizeof *acc);
-    for (int64_t r = 0; r < l->R; r++) sn_vec->acc_add(acc, x + r * rs, n);
+    for (int64_t r = 0; r < l->R; r += ACC_ROWS)
+      sn_vec->acc_add(acc, x + r * rs, rs, l->R - r < ACC_ROWS ? l->R - r : ACC_ROWS, n);
     for (int64_t j = 0; j < n; j++) y[j] = (float)(t->op == SN_MEAN ? acc[j] / (double)l->R : acc[j]);
     break;
   case SN_RMAX:
@@ -215,19 +245,8 @@ static void reduce_f32(task *t) {
   } else if (t->blocks == 1) {
     run_all(t, l->outer, run_task);
   } else {
-    sn_redop op = t->op;
-    if (op == SN_LOGSUMEXP) { /* first pass: each run's max, parked in the output */
-      t->op = SN_RMAX;
-      run_all(t, l->outer * t->blocks, block_task);
-      for (int64_t o = 0; o < l->outer; o++)
-        ((float *)t->out)[o] = (float)combine(SN_RMAX, t->parts + o * t->blocks, t->blocks).v;
-      t->op = op;
-    }
     run_all(t, l->outer * t->blocks, block_task);
-    for (int64_t o = 0; o < l->outer; o++) {
-      float m = op == SN_LOGSUMEXP ? ((float *)t->out)[o] : 0.0f;
-      finish(t, o, combine(op, t->parts + o * t->blocks, t->blocks), m);
-    }
+    for (int64_t o = 0; o < l->outer; o++) finish(t, o, combine(t->op, t->parts + o * t->blocks, t->blocks));
   }
 }
 

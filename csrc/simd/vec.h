@@ -17,6 +17,24 @@
 /* Elements summed in float lanes before the lanes are added into a double. */
 #define SN_VEC_SUM_BLOCK 4096
 
+/* Polynomials of the vector tables' own exp, tanh and GELU (coefficients highest degree
+ * first), fitted by mpmath.chebyfit (near-minimax); errors are of the real-valued fit.
+ * exp:  e^r = EXP(r), |r| <= ln2/2, degree 6 ending in 1 + r; relative error 8e-9.
+ * tanh: tanh(x) = x + x^3 TANH(x^2), |x| < SN_TANH_SMALL; abs error of TANH 4.3e-8. */
+#define SN_EXP_POLY 0.00139261761f, 0.00836317307f, 0.0416665547f, 0.16666577f, 0.5f, 1.0f, 1.0f
+#define SN_TANH_SMALL 0.625f
+#define SN_TANH_POLY -0.00609671417f, 0.020997179f, -0.0538509096f, 0.133327697f, -0.333333289f
+/* GELU(x) = x Phi(x), Phi the normal CDF.
+ *   |x| < 1: Phi(x) = 1/2 + x GELU_SMALL(x^2); abs error of the fit 2.7e-10.
+ *   |x| >= 1: q = Phi(-|x|) = exp(-x^2/2) t GELU_TAIL(t), t = 1/(1 + |x|/4), fitted for
+ *     |x| in [1, 15] (beyond, q underflows); relative error of the fit 6e-8. Then
+ *     Phi(x) = q for x < 0 and 1 - q for x > 0: no 1 + erf cancellation for negative x. */
+#define SN_GELU_POLY_SMALL \
+  -7.66053817e-06f, 0.000113502296f, -0.00118634399f, 0.00997332848f, -0.0664903606f, 0.39894228f
+#define SN_GELU_POLY_TAIL                                                                    \
+  -0.0470154353f, 0.110392408f, -0.0243293702f, 0.0940464196f, 0.0726457752f, 0.0948733237f, \
+      0.0996140928f, 0.0997399975f
+
 typedef struct sn_vec_ops {
   const char *name; /* "scalar", "avx2", "avx512" */
   /* y[i] = op(x[i]); y may equal x. */
@@ -37,8 +55,10 @@ typedef struct sn_vec_ops {
   /* First i with x[i] == v (with isnan(x[i]) when v is NaN), or n if there is none. */
   int64_t (*find)(const float *x, int64_t n, float v);
   /* Strided accumulation, for reducing a dim that is not the last one: row r of the
-   * reduced dim updates acc[j] for j < n. acc_add: acc[j] += x[j] (in double). */
-  void (*acc_add)(double *acc, const float *x, int64_t n);
+   * reduced dim updates acc[j] for j < n. acc_add takes `rows` rows at once (row r at
+   * x + r*rstride): acc[j] += x[j] + ... in row order, in double; several rows per call
+   * keep acc in registers and several prefetch streams going. */
+  void (*acc_add)(double *acc, const float *x, int64_t rstride, int64_t rows, int64_t n);
   /* acc[j] += exp(x[j] - m[j]) (in double); m[j] finite wherever the sum is used. */
   void (*acc_sumexp)(double *acc, const float *x, const float *m, int64_t n);
   /* Where x[j] beats best[j] (strictly greater / less, or x[j] is the first NaN):

@@ -1,5 +1,7 @@
-/* simd/vec_avx2.c -- the AVX2 + FMA table: 8 floats per vector, SLEEF u10 transcendentals,
- * tails through maskload/maskstore (masked-off lanes read 0 and never fault). */
+/* simd/vec_avx2.c -- the AVX2 + FMA table: 8 floats per vector, SLEEF u10 transcendentals
+ * except tanh, GELU and the exps of logsumexp, which use the inline polynomials of vec.h
+ * (SLEEF's tanh and erf are several times slower than memory); tails through
+ * maskload/maskstore (masked-off lanes read 0 and never fault). */
 #include <immintrin.h>
 #include <math.h>
 #include <sleef.h>
@@ -24,6 +26,72 @@ INLINE __m256 neg8(__m256 x) { return _mm256_xor_ps(x, _mm256_set1_ps(-0.0f)); }
 INLINE __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
 INLINE __m256 isnan8(__m256 x) { return _mm256_cmp_ps(x, x, _CMP_UNORD_Q); }
 
+static const float exp_c[] = {SN_EXP_POLY}, tanh_c[] = {SN_TANH_POLY};
+static const float gelu_small_c[] = {SN_GELU_POLY_SMALL}, gelu_tail_c[] = {SN_GELU_POLY_TAIL};
+#define POLY8(x, c) horner8(x, c, (int)(sizeof c / sizeof *c))
+
+INLINE __m256 horner8(__m256 x, const float *c, int n) {
+  __m256 p = _mm256_set1_ps(c[0]);
+  for (int i = 1; i < n; i++) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c[i]));
+  return p;
+}
+
+/* e^y = e^r 2^n for y in [-150, 88.7] or NaN (callers clamp where needed): returns e^r
+ * and sets *n (integral). ln2 in two parts keeps r = y - n ln2 accurate to f32 rounding
+ * for every such y. */
+INLINE __m256 exp_parts8(__m256 y, __m256 *n) {
+  *n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(0.693145752f), y);
+  return POLY8(_mm256_fnmadd_ps(*n, _mm256_set1_ps(1.42860677e-6f), r), exp_c);
+}
+
+/* p 2^n for integral n in [-252, 254], as two factors 2^(n/2) that stay normal floats:
+ * results round into the subnormals twice (at most 1 ulp there). */
+INLINE __m256 scale8(__m256 p, __m256 n) {
+  __m256i k = _mm256_cvtps_epi32(n), k1 = _mm256_srai_epi32(k, 1), k2 = _mm256_sub_epi32(k, k1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+  __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, f1), f2);
+}
+
+INLINE __m256 exp8(__m256 y) {
+  __m256 n, p = exp_parts8(y, &n);
+  return scale8(p, n);
+}
+
+/* Odd polynomial near 0 (1 - 2/(e^2|x| + 1) would cancel there), else 1 - 2/(e^2|x| + 1)
+ * with |x| capped at 9, where tanh is 1 in f32. NaN takes the exp branch and stays NaN. */
+INLINE __m256 tanh8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 ax = abs8(x), s = _mm256_mul_ps(x, x);
+  __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(x, s), POLY8(s, tanh_c), x);
+  __m256 c = _mm256_min_ps(_mm256_set1_ps(9.0f), ax), e = exp8(_mm256_add_ps(c, c));
+  __m256 big = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+  big = _mm256_or_ps(big, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)));
+  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(SN_TANH_SMALL), _CMP_LT_OQ));
+}
+
+/* x Phi(x) as in vec.h. The tail's exp(-u^2/2) takes u^2 = h + l exactly (FMA) and applies
+ * e^(-l/2) ~ 1 - l/2: rounding u^2 alone would cost up to ~1e-5 relative at u = 14. u is
+ * capped at 16 (q is 0 by then) so that inf gives 1 - q = 1, and -inf gives -inf * 0 = NaN
+ * like the formula. */
+INLINE __m256 gelu8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 ax = abs8(x);
+  __m256 small = _mm256_mul_ps(x, _mm256_fmadd_ps(x, POLY8(_mm256_mul_ps(x, x), gelu_small_c), _mm256_set1_ps(0.5f)));
+  __m256 u = _mm256_min_ps(_mm256_set1_ps(16.0f), ax);
+  __m256 h = _mm256_mul_ps(u, u), l = _mm256_fmsub_ps(u, u, h);
+  __m256 n, p = exp_parts8(_mm256_mul_ps(h, _mm256_set1_ps(-0.5f)), &n);
+  __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(u, _mm256_set1_ps(0.25f), one));
+  __m256 tail = _mm256_mul_ps(t, POLY8(t, gelu_tail_c));
+  __m256 m = _mm256_mul_ps(p, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), l), tail, tail));
+  __m256 q = scale8(m, n);
+  __m256 phi = _mm256_blendv_ps(_mm256_sub_ps(one, q), q, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  __m256 big = _mm256_mul_ps(x, phi);
+  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, one, _CMP_LT_OQ));
+}
+
 INLINE __m256 sigmoid8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   return _mm256_div_ps(one, _mm256_add_ps(one, Sleef_expf8_u10avx2(neg8(x))));
@@ -39,13 +107,10 @@ INLINE __m256 un8(sn_unop op, __m256 x) {
   switch (op) {
   case SN_EXP: return Sleef_expf8_u10avx2(x);
   case SN_LOG: return Sleef_logf8_u10avx2(x);
-  case SN_TANH: return Sleef_tanhf8_u10avx2(x);
+  case SN_TANH: return tanh8(x);
   case SN_SIGMOID: return sigmoid8(x);
   case SN_SILU: return _mm256_mul_ps(x, sigmoid8(x));
-  case SN_GELU: {
-    __m256 e = Sleef_erff8_u10avx2(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752440f)));
-    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, e));
-  }
+  case SN_GELU: return gelu8(x);
   case SN_SOFTPLUS: {
     /* max_ps(x, 0) is 0 for NaN x; the NaN arrives through log1p. */
     __m256 l = Sleef_log1pf8_u10avx2(Sleef_expf8_u10avx2(neg8(abs8(x))));
@@ -159,7 +224,7 @@ INLINE __m256d widen(__m256 s) {
 
 /* f(x - m): the identity for plain sums, exp for sumexp (with_exp is a constant). */
 INLINE __m256 term8(__m256 v, bool with_exp, __m256 m) {
-  return with_exp ? Sleef_expf8_u10avx2(_mm256_sub_ps(v, m)) : v;
+  return with_exp ? exp8(_mm256_max_ps(_mm256_set1_ps(-104.0f), _mm256_sub_ps(v, m))) : v;
 }
 
 /* Sums f(x - m) over x[0..n): four float accumulators within each SN_VEC_SUM_BLOCK
@@ -246,10 +311,17 @@ INLINE void add_wide(double *acc, __m256 t, __m256i k) {
   _mm256_maskstore_pd(acc + 4, k1, hi);
 }
 
-static void acc_add(double *acc, const float *x, int64_t n) {
+static void acc_add(double *acc, const float *x, int64_t rstride, int64_t rows, int64_t n) {
   for (int64_t j = 0; j < n; j += W) {
-    __m256i k = tail_mask(n - j);
-    add_wide(acc + j, _mm256_maskload_ps(x + j, k), k);
+    __m256i k = tail_mask(n - j), k0 = mask_lo64(k), k1 = mask_hi64(k);
+    __m256d lo = _mm256_maskload_pd(acc + j, k0), hi = _mm256_maskload_pd(acc + j + 4, k1);
+    for (int64_t r = 0; r < rows; r++) {
+      __m256 t = _mm256_maskload_ps(x + r * rstride + j, k);
+      lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+      hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+    }
+    _mm256_maskstore_pd(acc + j, k0, lo);
+    _mm256_maskstore_pd(acc + j + 4, k1, hi);
   }
 }
 
@@ -257,7 +329,7 @@ static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
   for (int64_t j = 0; j < n; j += W) {
     __m256i k = tail_mask(n - j);
     __m256 d = _mm256_sub_ps(_mm256_maskload_ps(x + j, k), _mm256_maskload_ps(m + j, k));
-    add_wide(acc + j, Sleef_expf8_u10avx2(d), k);
+    add_wide(acc + j, exp8(_mm256_max_ps(_mm256_set1_ps(-104.0f), d)), k);
   }
 }
 

@@ -1,5 +1,7 @@
 /* simd/vec_avx512.c -- the AVX-512 (F, BW, DQ, VL) table: 16 floats per vector, SLEEF
- * u10 transcendentals, masked loads and stores for tails (masked-off lanes never fault). */
+ * u10 transcendentals except tanh, GELU and the exps of logsumexp, which use the inline
+ * polynomials of vec.h (SLEEF's tanh and erf are several times slower than memory);
+ * masked loads and stores for tails (masked-off lanes never fault). */
 #include <immintrin.h>
 #include <math.h>
 #include <sleef.h>
@@ -12,6 +14,63 @@
 INLINE __mmask16 tail_mask(int64_t r) { return (__mmask16)((1u << r) - 1u); }
 
 INLINE __m512 neg16(__m512 x) { return _mm512_xor_ps(x, _mm512_set1_ps(-0.0f)); }
+
+static const float exp_c[] = {SN_EXP_POLY}, tanh_c[] = {SN_TANH_POLY};
+static const float gelu_small_c[] = {SN_GELU_POLY_SMALL}, gelu_tail_c[] = {SN_GELU_POLY_TAIL};
+#define POLY16(x, c) horner16(x, c, (int)(sizeof c / sizeof *c))
+
+INLINE __m512 horner16(__m512 x, const float *c, int n) {
+  __m512 p = _mm512_set1_ps(c[0]);
+  for (int i = 1; i < n; i++) p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c[i]));
+  return p;
+}
+
+/* e^y = e^r 2^n for y in [-150, 88.7] or NaN (callers clamp where needed): returns e^r
+ * and sets *n (integral). ln2 in two parts keeps r = y - n ln2 accurate to f32 rounding
+ * for every such y. */
+INLINE __m512 exp_parts16(__m512 y, __m512 *n) {
+  *n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(*n, _mm512_set1_ps(0.693145752f), y);
+  return POLY16(_mm512_fnmadd_ps(*n, _mm512_set1_ps(1.42860677e-6f), r), exp_c);
+}
+
+/* scalef rounds once into the subnormals. */
+INLINE __m512 exp16(__m512 y) {
+  __m512 n, p = exp_parts16(y, &n);
+  return _mm512_scalef_ps(p, n);
+}
+
+/* Odd polynomial near 0 (1 - 2/(e^2|x| + 1) would cancel there), else 1 - 2/(e^2|x| + 1)
+ * with |x| capped at 9, where tanh is 1 in f32. NaN takes the exp branch and stays NaN. */
+INLINE __m512 tanh16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 ax = _mm512_abs_ps(x), s = _mm512_mul_ps(x, x);
+  __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(x, s), POLY16(s, tanh_c), x);
+  __m512 c = _mm512_min_ps(_mm512_set1_ps(9.0f), ax), e = exp16(_mm512_add_ps(c, c));
+  __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+  big = _mm512_or_ps(big, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(SN_TANH_SMALL), _CMP_LT_OQ), big, small);
+}
+
+/* x Phi(x) as in vec.h. The tail's exp(-u^2/2) takes u^2 = h + l exactly (FMA) and applies
+ * e^(-l/2) ~ 1 - l/2: rounding u^2 alone would cost up to ~1e-5 relative at u = 14. u is
+ * capped at 16 (q is 0 by then) so that inf gives 1 - q = 1, and -inf gives -inf * 0 = NaN
+ * like the formula. */
+INLINE __m512 gelu16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 ax = _mm512_abs_ps(x);
+  __m512 small = _mm512_mul_ps(x, _mm512_fmadd_ps(x, POLY16(_mm512_mul_ps(x, x), gelu_small_c), _mm512_set1_ps(0.5f)));
+  __m512 u = _mm512_min_ps(_mm512_set1_ps(16.0f), ax);
+  __m512 h = _mm512_mul_ps(u, u), l = _mm512_fmsub_ps(u, u, h);
+  __m512 n, p = exp_parts16(_mm512_mul_ps(h, _mm512_set1_ps(-0.5f)), &n);
+  __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(u, _mm512_set1_ps(0.25f), one));
+  __m512 tail = _mm512_mul_ps(t, POLY16(t, gelu_tail_c));
+  __m512 m = _mm512_mul_ps(p, _mm512_fnmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), l), tail, tail));
+  __m512 q = _mm512_scalef_ps(m, n);
+  __m512 phi = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_sub_ps(one, q), q);
+  __m512 big = _mm512_mul_ps(x, phi);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, one, _CMP_LT_OQ), big, small);
+}
 
 INLINE __m512 sigmoid16(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f);
@@ -33,13 +92,10 @@ INLINE __m512 un16(sn_unop op, __m512 x) {
   switch (op) {
   case SN_EXP: return Sleef_expf16_u10avx512f(x);
   case SN_LOG: return Sleef_logf16_u10avx512f(x);
-  case SN_TANH: return Sleef_tanhf16_u10avx512f(x);
+  case SN_TANH: return tanh16(x);
   case SN_SIGMOID: return sigmoid16(x);
   case SN_SILU: return _mm512_mul_ps(x, sigmoid16(x));
-  case SN_GELU: {
-    __m512 e = Sleef_erff16_u10avx512f(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752440f)));
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, e));
-  }
+  case SN_GELU: return gelu16(x);
   case SN_SOFTPLUS: {
     /* max_ps(x, 0) is 0 for NaN x; the NaN arrives through log1p. */
     __m512 l = Sleef_log1pf16_u10avx512f(Sleef_expf16_u10avx512f(neg16(_mm512_abs_ps(x))));
@@ -154,7 +210,7 @@ INLINE __m512d widen(__m512 s) {
 
 /* f(x - m): the identity for plain sums, exp for sumexp (with_exp is a constant). */
 INLINE __m512 term16(__m512 v, bool with_exp, __m512 m) {
-  return with_exp ? Sleef_expf16_u10avx512f(_mm512_sub_ps(v, m)) : v;
+  return with_exp ? exp16(_mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_sub_ps(v, m))) : v;
 }
 
 /* Sums f(x - m) over x[0..n): four float accumulators within each SN_VEC_SUM_BLOCK
@@ -226,20 +282,30 @@ static int64_t find(const float *x, int64_t n, float v) {
   return n;
 }
 
-static void acc_add(double *acc, const float *x, int64_t n) {
-  for (int64_t j = 0; j < n; j += 8) {
-    __mmask8 k = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)tail_mask(n - j);
-    __m512d t = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, x + j));
-    _mm512_mask_storeu_pd(acc + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, acc + j), t));
+static void acc_add(double *acc, const float *x, int64_t rstride, int64_t rows, int64_t n) {
+  for (int64_t j = 0; j < n; j += W) {
+    __mmask16 k = n - j >= W ? (__mmask16)0xFFFF : tail_mask(n - j);
+    __mmask8 k0 = (__mmask8)k, k1 = (__mmask8)(k >> 8);
+    __m512d lo = _mm512_maskz_loadu_pd(k0, acc + j), hi = _mm512_maskz_loadu_pd(k1, acc + j + 8);
+    for (int64_t r = 0; r < rows; r++) {
+      __m512 t = _mm512_maskz_loadu_ps(k, x + r * rstride + j);
+      lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(t)));
+      hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1)));
+    }
+    _mm512_mask_storeu_pd(acc + j, k0, lo);
+    _mm512_mask_storeu_pd(acc + j + 8, k1, hi);
   }
 }
 
 static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
-  for (int64_t j = 0; j < n; j += 8) {
-    __mmask8 k = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)tail_mask(n - j);
-    __m256 d = _mm256_sub_ps(_mm256_maskz_loadu_ps(k, x + j), _mm256_maskz_loadu_ps(k, m + j));
-    __m512d t = _mm512_cvtps_pd(Sleef_expf8_u10avx2(d));
-    _mm512_mask_storeu_pd(acc + j, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, acc + j), t));
+  for (int64_t j = 0; j < n; j += W) {
+    __mmask16 k = n - j >= W ? (__mmask16)0xFFFF : tail_mask(n - j);
+    __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), _mm512_maskz_loadu_ps(k, m + j));
+    __m512 e = exp16(_mm512_max_ps(_mm512_set1_ps(-104.0f), d));
+    __mmask8 k0 = (__mmask8)k, k1 = (__mmask8)(k >> 8);
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(e)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1));
+    _mm512_mask_storeu_pd(acc + j, k0, _mm512_add_pd(_mm512_maskz_loadu_pd(k0, acc + j), lo));
+    _mm512_mask_storeu_pd(acc + j + 8, k1, _mm512_add_pd(_mm512_maskz_loadu_pd(k1, acc + j + 8), hi));
   }
 }
 

@@ -6,7 +6,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-static const float inv_sqrt2 = 0.70710678118654752440f;
+static const double inv_sqrt2 = 0.70710678118654752440;
 
 /* Each op is a separate inlined loop (the switch below passes a constant), so no loop
  * branches on the op per element. */
@@ -17,7 +17,8 @@ INLINE float un1(sn_unop op, float x) {
   case SN_TANH: return tanhf(x);
   case SN_SIGMOID: return 1.0f / (1.0f + expf(-x)); /* exp overflow gives 0, not NaN */
   case SN_SILU: return x * (1.0f / (1.0f + expf(-x)));
-  case SN_GELU: return 0.5f * x * (1.0f + erff(x * inv_sqrt2));
+  /* erfc in double: 1 + erf(x/sqrt2) would cancel for negative x */
+  case SN_GELU: return (float)(0.5 * x * erfc(-x * inv_sqrt2));
   /* max(x,0) + log1p(exp(-|x|)) never overflows; NaN reaches the result through log1p. */
   case SN_SOFTPLUS: return (x > 0.0f ? x : 0.0f) + log1pf(expf(-fabsf(x)));
   case SN_SQRT: return sqrtf(x);
@@ -135,8 +136,9 @@ static int64_t find(const float *x, int64_t n, float v) {
   return n;
 }
 
-static void acc_add(double *acc, const float *x, int64_t n) {
-  for (int64_t j = 0; j < n; j++) acc[j] += x[j];
+static void acc_add(double *acc, const float *x, int64_t rstride, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < n; j++) acc[j] += x[r * rstride + j];
 }
 
 static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
