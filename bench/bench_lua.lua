@@ -36,7 +36,7 @@ local function time_calls(fn, calls)
 end
 
 print()
-print(("# bench_lua.lua  %s   seqnn %s   threads: %d   simd: %s   blas core: %s"):format(
+print(("# bench_lua.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):format(
   _VERSION, sn._VERSION, cfg.threads, cfg.simd, cfg.blas_core))
 print("# lua rows: ms per call (x1e6 = ns); x_ref: speed relative to an empty Lua function call")
 print(ROW:format("kernel", "shape", "threads", "simd", "ms", "GFLOP/s", "GB/s", "x_ref", "ref"))
