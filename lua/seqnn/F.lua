@@ -59,7 +59,8 @@ function F.layer_norm(x, weight, bias, eps)
   local y, mean, rstd = core.k_layer_norm_fwd(x, weight, bias, eps or 1e-5)
   record("layer_norm", { x, weight, bias, n = 3 }, y, function(g)
     local gx, gw, gb = core.k_layer_norm_bwd(g, x, weight, mean, rstd, bias ~= nil)
-    x, mean, rstd = nil, nil, nil
+    mean:free(); rstd:free() -- private to this node: freed now, not at the next collection
+    x = nil
     return gx, gw, gb
   end)
   return y
@@ -70,7 +71,8 @@ function F.rms_norm(x, weight, eps)
   local y, rstd = core.k_rms_norm_fwd(x, weight, eps or 1e-6)
   record("rms_norm", { x, weight, n = 2 }, y, function(g)
     local gx, gw = core.k_rms_norm_bwd(g, x, weight, rstd)
-    x, rstd = nil, nil
+    rstd:free()
+    x = nil
     return gx, gw
   end)
   return y
@@ -131,7 +133,7 @@ function F.cross_entropy(logits, targets, opts)
   if reduction == "none" then loss = loss:view(targets:shape()) end
   record("cross_entropy", { flat_logits }, loss, function(g)
     local gl = core.k_cross_entropy_bwd(g:reshape(-1), flat_logits, flat_targets, lse, ignore, reduction, count)
-    lse = nil
+    lse:free()
     return gl
   end)
   return loss
