@@ -457,6 +457,10 @@ describe("seqnn.nn.Module", function()
     raises(function() m:add_module("child", {}) end,
       "seqnn.nn.Linear:add_module: 'child' must be a seqnn.nn.Module, got a table")
     raises(function() nn.Module():forward(1) end, "seqnn.nn.Module: forward is not implemented")
+    local Forgetful = sn.class("Forgetful", nn.Module)
+    function Forgetful:__init() self:parameter("w", sn.ones(1)) end
+    raises(function() local _ = Forgetful() end,
+      "Forgetful:parameter: the module is not initialized; call Module.__init(self) first in __init")
     -- registering a name again replaces the tensor
     m:parameter("weight", sn.zeros(2, 2))
     assert.are.same({ 0, 0, 0, 0 }, flat(m.weight))

@@ -335,7 +335,7 @@ describe("training with seqnn.optim", function()
     local model = nn.MLP{ 1, 64, 64, 1, activation = "tanh" }
     local opt = optim.AdamW(model:parameters(), { lr = 1e-2, weight_decay = 0 })
     local first, last
-    for step = 1, 300 do
+    for _ = 1, 100 do
       local loss = sn.F.mse_loss(model(x), y)
       first = first or loss:item()
       last = loss:item()
@@ -343,6 +343,6 @@ describe("training with seqnn.optim", function()
       opt:step()
       opt:zero_grad()
     end
-    assert.is_true(last < 0.05 * first, ("loss %g -> %g"):format(first, last))
+    assert.is_true(last < 0.1 * first, ("loss %g -> %g"):format(first, last))
   end)
 end)

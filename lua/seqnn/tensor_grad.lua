@@ -187,7 +187,15 @@ return function(sn)
           if b:dim() == 1 then g2 = g2:unsqueeze(g2:dim() + 1) end
         end
         local ga = tracked(a) and unbroadcast(cmatmul(g2, b2:transpose(-1, -2)), a2:shape()):reshape(a:shape()) or nil
-        local gb = tracked(b) and unbroadcast(cmatmul(a2:transpose(-1, -2), g2), b2:shape()):reshape(b:shape()) or nil
+        local gb
+        if tracked(b) and b2:dim() == 2 and a2:dim() > 2 then
+          -- A shared weight (x @ W, as in linear): one GEMM over all stacked rows instead
+          -- of a GEMM per batch entry followed by a sum.
+          local K, N = b2:size(1), b2:size(2)
+          gb = cmatmul(a2:reshape(-1, K):t(), g2:reshape(-1, N)):reshape(b:shape())
+        elseif tracked(b) then
+          gb = unbroadcast(cmatmul(a2:transpose(-1, -2), g2), b2:shape()):reshape(b:shape())
+        end
         return ga, gb
       end)
     end

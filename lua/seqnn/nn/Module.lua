@@ -27,6 +27,10 @@ end
 
 -- The key under which a registered value is stored in self, or an error at the caller's caller.
 local function check_name(self, method, name, registry)
+  if registry == nil then
+    error(("%s:%s: the module is not initialized; call Module.__init(self) first in __init"):format(
+      self.__name, method), 3)
+  end
   local key = name
   if math.type(name) == "integer" then
     if name < 1 then key = nil end
@@ -53,7 +57,7 @@ local function check_name(self, method, name, registry)
 end
 
 -- parameter(name, t): registers t (f32) as a learned parameter, marks it as requiring grad
--- and returns it. Registering a name again replaces the tensor in place of the old one.
+-- and returns it. Registering a name again replaces the tensor, keeping its place in order.
 function Module:parameter(name, t)
   if not is_tensor(t) or t:dtype() ~= "f32" then
     error(("%s:parameter: '%s' must be an f32 seqnn.Tensor, got %s"):format(
@@ -145,13 +149,14 @@ function Module:children()
   return list
 end
 
--- This module and all its descendants, depth first, in order.
-function Module:modules(list)
-  list = list or {}
-  list[#list + 1] = self
-  for _, k in ipairs(self._children) do self[k]:modules(list) end
+local function collect(m, list)
+  list[#list + 1] = m
+  for _, k in ipairs(m._children) do collect(m[k], list) end
   return list
 end
+
+-- This module and all its descendants, depth first, in order.
+function Module:modules() return collect(self, {}) end
 
 function Module:num_parameters()
   local n = 0
