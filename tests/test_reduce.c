@@ -244,10 +244,11 @@ Test(reduce, nan_and_inf) {
   restore_level();
 }
 
-/* Logsumexp reads a run once, rescaling its sum whenever a later chunk has a larger max:
- * rows whose max grows all along, jumps at the end, or follows a run of -inf. */
+/* Logsumexp reads a run once, rescaling its sum whenever an element passes the reference
+ * by SN_LSE_SLACK: rows whose max grows all along, jumps at the end, or follows a run of
+ * -inf; and masked rows, -inf or -1e30 after the first element. */
 Test(reduce, logsumexp_with_a_growing_max) {
-  int64_t size[] = {4, 5003}, big[] = {150001};
+  int64_t size[] = {6, 5003}, big[] = {150001};
   for (int lv = 0; lv < level_count(); lv++) {
     use_level(lv);
     sn_tensor a = filled(2, size, 71), b = filled(1, big, 72);
@@ -257,6 +258,8 @@ Test(reduce, logsumexp_with_a_growing_max) {
       p[5003 + j] = j == 5002 ? 90.0f : p[5003 + j];    /* the max in the last element */
       p[2 * 5003 + j] = j < 3000 ? -INFINITY : p[2 * 5003 + j];
       p[3 * 5003 + j] = -0.05f * (float)j;             /* the max first */
+      p[4 * 5003 + j] = j % 3 == 1 ? -INFINITY : p[4 * 5003 + j];
+      p[5 * 5003 + j] = j % 3 == 1 ? -1e30f : p[5 * 5003 + j];
     }
     for (int64_t j = 0; j < big[0]; j++) sn_f32(&b)[j] += 1e-3f * (float)j; /* across blocks */
     check_reduce(&a, 1, SN_LOGSUMEXP, "growing max");

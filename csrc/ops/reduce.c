@@ -9,9 +9,9 @@
  *     sn_vec acc_* kernels, so the loads vectorize along inner.
  * Both cuts depend on the shape alone, so results are bitwise the same for any thread
  * count. Sums are accumulated in double (float lanes inside sn_vec->sum's short blocks).
- * Logsumexp is max + log(sum exp(x - max)); an infinite or NaN max is the result itself.
- * Over a run it reads the data once: each LSE_CHUNK's max, then its exps while it is in
- * L1, the sum so far rescaled whenever the max grows (blocks merge the same way). */
+ * Logsumexp is m + log(sum exp(x - m)), m a reference near the max that sn_vec->lse picks
+ * in its one read of a run (blocks merge by rescaling to the largest m); an infinite or
+ * NaN max is the result itself. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -25,8 +25,6 @@
 #define TILE 1024
 /* Rows per acc_add call: this many concurrent streams, each a TILE-long run. */
 #define ACC_ROWS 8
-/* Elements per logsumexp chunk: small enough for L1, long enough to amortize a max. */
-#define LSE_CHUNK 1024
 /* Below this many input elements everything runs on the calling thread. */
 #define PARALLEL_MIN 65536
 
@@ -43,7 +41,7 @@ typedef struct {
 } layout;
 
 /* One block's (or whole run's) result: a sum, an extreme value, an extreme and its index,
- * or for logsumexp the max m and v = sum exp(x - m). */
+ * or for logsumexp a reference m and v = sum exp(x - m) (m is the max when not finite). */
 typedef struct {
   double v;
   int64_t i;
@@ -105,19 +103,14 @@ static bool beats(sn_redop op, double v, double best) {
   return (op == SN_RMAX || op == SN_ARGMAX) ? v > best : v < best;
 }
 
-/* (max, sum exp(x - max)) of x[0..n) in one read; the sum is 0 unless the max is finite,
- * and a NaN ends the scan. */
+/* (m, sum exp(x - m)) of x[0..n) in one read (sn_vec->lse); runs it cannot do (inf, NaN,
+ * leading -inf) take two: the max, then the sum when the max is finite. */
 static partial lse_partial(const float *x, int64_t n) {
-  partial p = {0, 0, -INFINITY};
-  for (int64_t c = 0; c < n && !isnan(p.m); c += LSE_CHUNK) {
-    int64_t len = n - c < LSE_CHUNK ? n - c : LSE_CHUNK;
-    float cm = sn_vec->max(x + c, len);
-    if (!(cm <= p.m)) { /* exp(-inf) = 0 rescales an empty sum when p.m was -inf */
-      p.v = isfinite(cm) ? p.v * exp((double)p.m - cm) : 0;
-      p.m = cm;
-    }
-    if (isfinite(p.m)) p.v += sn_vec->sumexp(x + c, p.m, len);
-  }
+  partial p = {0, 0, 0};
+  sn_vec->lse(x, n, &p.m, &p.v);
+  if (isfinite(p.m) && isfinite(p.v)) return p;
+  p.m = sn_vec->max(x, n);
+  p.v = isfinite(p.m) ? sn_vec->sumexp(x, p.m, n) : 0;
   return p;
 }
 
@@ -139,7 +132,7 @@ static partial block_partial(sn_redop op, const float *x, int64_t n, int64_t sta
 }
 
 /* Folds the blocks of one run in order; logsumexp sums each block's exps rescaled to the
- * largest max (a NaN max wins). */
+ * largest m (a NaN m wins). */
 static partial combine(sn_redop op, const partial *p, int64_t n) {
   partial r = p[0];
   if (op == SN_LOGSUMEXP) {

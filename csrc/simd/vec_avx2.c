@@ -258,6 +258,67 @@ static double sum(const float *x, int64_t n) { return block_sum(x, n, false, 0.0
 
 static double sumexp(const float *x, float m, int64_t n) { return block_sum(x, n, true, m); }
 
+/* lse's running state: the reference, the float sums of this block (four, as in block_sum)
+ * and the double sum of the blocks before, all relative to ref. */
+typedef struct {
+  float ref;
+  __m256 mv, lim; /* ref and ref + SN_LSE_SLACK, broadcast */
+  __m256 s0, s1, s2, s3;
+  __m256d total;
+} lse_state;
+
+/* Moves the reference up to the largest lane of bm, rescaling the sums so far. A NaN or
+ * inf lane makes it non-finite (or leaves a NaN for the sum), which the caller sees. */
+INLINE void lse_raise(lse_state *st, __m256 bm) {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(bm), _mm256_extractf128_ps(bm, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  float nm = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+  double f = exp((double)st->ref - nm); /* 0 the first time, when ref is -inf */
+  __m256 ff = _mm256_set1_ps((float)f);
+  st->s0 = _mm256_mul_ps(st->s0, ff), st->s1 = _mm256_mul_ps(st->s1, ff);
+  st->s2 = _mm256_mul_ps(st->s2, ff), st->s3 = _mm256_mul_ps(st->s3, ff);
+  st->total = _mm256_mul_pd(st->total, _mm256_set1_pd(f));
+  st->ref = nm;
+  st->mv = _mm256_set1_ps(nm), st->lim = _mm256_set1_ps(nm + SN_LSE_SLACK);
+}
+
+/* One read in groups of 4 vectors: a group moves the reference when a lane is above it +
+ * SN_LSE_SLACK (after the first group, rarely), then adds its exps as block_sum does. The
+ * prefetches keep memory busy while the exps run. */
+static void lse(const float *x, int64_t n, float *m, double *s) {
+  const __m256 pad = _mm256_set1_ps(-INFINITY);
+  lse_state st = {.ref = -INFINITY, .mv = pad, .lim = pad, .total = _mm256_setzero_pd()};
+  for (int64_t b = 0; b < n; b += SN_VEC_SUM_BLOCK) {
+    const float *p = x + b;
+    int64_t len = n - b < SN_VEC_SUM_BLOCK ? n - b : SN_VEC_SUM_BLOCK;
+    st.s0 = st.s1 = st.s2 = st.s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 4 * W <= len; i += 4 * W) {
+      for (int64_t q = 0; q < 4 * W; q += 16) /* one prefetch per 64-byte line */
+        _mm_prefetch((const char *)(p + i + SN_LSE_PREFETCH + q), _MM_HINT_T0);
+      __m256 v0 = _mm256_loadu_ps(p + i), v1 = _mm256_loadu_ps(p + i + W);
+      __m256 v2 = _mm256_loadu_ps(p + i + 2 * W), v3 = _mm256_loadu_ps(p + i + 3 * W);
+      __m256 bm = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
+      if (_mm256_movemask_ps(_mm256_cmp_ps(bm, st.lim, _CMP_GT_OQ))) lse_raise(&st, bm);
+      st.s0 = _mm256_add_ps(st.s0, term8(v0, true, st.mv));
+      st.s1 = _mm256_add_ps(st.s1, term8(v1, true, st.mv));
+      st.s2 = _mm256_add_ps(st.s2, term8(v2, true, st.mv));
+      st.s3 = _mm256_add_ps(st.s3, term8(v3, true, st.mv));
+    }
+    for (; i < len; i += W) {
+      __m256i k = tail_mask(len - i);
+      __m256 v = _mm256_blendv_ps(pad, _mm256_maskload_ps(p + i, k), _mm256_castsi256_ps(k));
+      if (_mm256_movemask_ps(_mm256_cmp_ps(v, st.lim, _CMP_GT_OQ))) lse_raise(&st, v);
+      st.s0 = _mm256_add_ps(st.s0, _mm256_and_ps(term8(v, true, st.mv), _mm256_castsi256_ps(k)));
+    }
+    __m256 t = _mm256_add_ps(_mm256_add_ps(st.s0, st.s1), _mm256_add_ps(st.s2, st.s3));
+    st.total = _mm256_add_pd(st.total, widen(t));
+  }
+  __m128d h = _mm_add_pd(_mm256_castpd256_pd128(st.total), _mm256_extractf128_pd(st.total, 1));
+  *m = st.ref;
+  *s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
 INLINE __m256 pick8(__m256 a, __m256 b, bool is_max) { return is_max ? max8(a, b) : min8(a, b); }
 
 /* max8/min8 keep a NaN once it is in an accumulator, so a NaN lane at the end means a
@@ -364,6 +425,7 @@ const sn_vec_ops sn_vec_avx2 = {
     .binary_scalar = binary_scalar,
     .sum = sum,
     .sumexp = sumexp,
+    .lse = lse,
     .max = max,
     .min = min,
     .find = find,

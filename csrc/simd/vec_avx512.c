@@ -242,6 +242,64 @@ static double sum(const float *x, int64_t n) { return block_sum(x, n, false, 0.0
 
 static double sumexp(const float *x, float m, int64_t n) { return block_sum(x, n, true, m); }
 
+/* lse's running state: the reference, the float sums of this block (four, as in block_sum)
+ * and the double sum of the blocks before, all relative to ref. */
+typedef struct {
+  float ref;
+  __m512 mv, lim; /* ref and ref + SN_LSE_SLACK, broadcast */
+  __m512 s0, s1, s2, s3;
+  __m512d total;
+} lse_state;
+
+/* Moves the reference up to the largest lane of bm, rescaling the sums so far. A NaN or
+ * inf lane makes it non-finite (or leaves a NaN for the sum), which the caller sees. */
+INLINE void lse_raise(lse_state *st, __m512 bm) {
+  float nm = _mm512_reduce_max_ps(bm);
+  double f = exp((double)st->ref - nm); /* 0 the first time, when ref is -inf */
+  __m512 ff = _mm512_set1_ps((float)f);
+  st->s0 = _mm512_mul_ps(st->s0, ff), st->s1 = _mm512_mul_ps(st->s1, ff);
+  st->s2 = _mm512_mul_ps(st->s2, ff), st->s3 = _mm512_mul_ps(st->s3, ff);
+  st->total = _mm512_mul_pd(st->total, _mm512_set1_pd(f));
+  st->ref = nm;
+  st->mv = _mm512_set1_ps(nm), st->lim = _mm512_set1_ps(nm + SN_LSE_SLACK);
+}
+
+/* One read in groups of 4 vectors: a group moves the reference when a lane is above it +
+ * SN_LSE_SLACK (after the first group, rarely), then adds its exps as block_sum does. The
+ * prefetches keep memory busy while the exps run. */
+static void lse(const float *x, int64_t n, float *m, double *s) {
+  const __m512 pad = _mm512_set1_ps(-INFINITY);
+  lse_state st = {.ref = -INFINITY, .mv = pad, .lim = pad, .total = _mm512_setzero_pd()};
+  for (int64_t b = 0; b < n; b += SN_VEC_SUM_BLOCK) {
+    const float *p = x + b;
+    int64_t len = n - b < SN_VEC_SUM_BLOCK ? n - b : SN_VEC_SUM_BLOCK;
+    st.s0 = st.s1 = st.s2 = st.s3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 4 * W <= len; i += 4 * W) {
+      for (int64_t q = 0; q < 4 * W; q += 16) /* one prefetch per 64-byte line */
+        _mm_prefetch((const char *)(p + i + SN_LSE_PREFETCH + q), _MM_HINT_T0);
+      __m512 v0 = _mm512_loadu_ps(p + i), v1 = _mm512_loadu_ps(p + i + W);
+      __m512 v2 = _mm512_loadu_ps(p + i + 2 * W), v3 = _mm512_loadu_ps(p + i + 3 * W);
+      __m512 bm = _mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3));
+      if (_mm512_cmp_ps_mask(bm, st.lim, _CMP_GT_OQ)) lse_raise(&st, bm);
+      st.s0 = _mm512_add_ps(st.s0, term16(v0, true, st.mv));
+      st.s1 = _mm512_add_ps(st.s1, term16(v1, true, st.mv));
+      st.s2 = _mm512_add_ps(st.s2, term16(v2, true, st.mv));
+      st.s3 = _mm512_add_ps(st.s3, term16(v3, true, st.mv));
+    }
+    for (; i < len; i += W) {
+      __mmask16 k = len - i >= W ? (__mmask16)0xFFFF : tail_mask(len - i);
+      __m512 v = _mm512_mask_loadu_ps(pad, k, p + i);
+      if (_mm512_cmp_ps_mask(v, st.lim, _CMP_GT_OQ)) lse_raise(&st, v);
+      st.s0 = _mm512_add_ps(st.s0, _mm512_maskz_mov_ps(k, term16(v, true, st.mv)));
+    }
+    __m512 t = _mm512_add_ps(_mm512_add_ps(st.s0, st.s1), _mm512_add_ps(st.s2, st.s3));
+    st.total = _mm512_add_pd(st.total, widen(t));
+  }
+  *m = st.ref;
+  *s = _mm512_reduce_add_pd(st.total);
+}
+
 INLINE __m512 pick16(__m512 a, __m512 b, bool is_max) { return is_max ? max16(a, b) : min16(a, b); }
 
 /* max16/min16 keep a NaN once it is in an accumulator, so a NaN lane at the end means a
@@ -340,6 +398,7 @@ const sn_vec_ops sn_vec_avx512 = {
     .binary_scalar = binary_scalar,
     .sum = sum,
     .sumexp = sumexp,
+    .lse = lse,
     .max = max,
     .min = min,
     .find = find,

@@ -123,6 +123,12 @@ static float max(const float *x, int64_t n) {
   return v;
 }
 
+/* Two reads, the reference being the max itself. */
+static void lse(const float *x, int64_t n, float *m, double *s) {
+  *m = max(x, n);
+  *s = isfinite(*m) ? sumexp(x, *m, n) : 0;
+}
+
 static float min(const float *x, int64_t n) {
   float v = x[0];
   for (int64_t i = 1; i < n; i++) v = min1(v, x[i]);
@@ -168,6 +174,7 @@ const sn_vec_ops sn_vec_scalar = {
     .binary_scalar = binary_scalar,
     .sum = sum,
     .sumexp = sumexp,
+    .lse = lse,
     .max = max,
     .min = min,
     .find = find,
