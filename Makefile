@@ -121,12 +121,14 @@ $(BUILD)/fuzz/fuzz_safetensors: fuzz/fuzz_safetensors.c $(BUILD)/libseqnn.a
 bench: all $(BUILD)/bench/seqnn_bench
 	@$(BUILD)/bench/seqnn_bench
 	@$(LUA_ENV) $(LUA) bench/bench_lua.lua
+	@$(LUA_ENV) $(LUA) bench/bench_train.lua
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/seqnn $(DESTDIR)$(LUADIR)/seqnn $(DESTDIR)$(BINDIR)
 	install -m 755 $(BUILD)/seqnn/core.so $(DESTDIR)$(LIBDIR)/seqnn/core.so
 	cd lua && find seqnn -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(LUADIR)/{} \;
 	install -m 755 bin/seqnn $(DESTDIR)$(BINDIR)/seqnn
+	install -m 755 bin/seqnn-plot $(DESTDIR)$(BINDIR)/seqnn-plot
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \

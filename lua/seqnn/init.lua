@@ -21,7 +21,7 @@ require("seqnn.tensor_grad")(sn)
 -- Submodules that are loaded when first touched.
 local lazy = {
   repl = "seqnn.repl", class = "seqnn.class", data = "seqnn.data", F = "seqnn.F",
-  nn = "seqnn.nn", optim = "seqnn.optim",
+  nn = "seqnn.nn", optim = "seqnn.optim", train = "seqnn.train", models = "seqnn.models",
 }
 
 return setmetatable(sn, {
