@@ -5,9 +5,8 @@
 --
 --   make bench    (runs it with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
-local system = require "system" -- lua-system, which busted depends on: a monotonic clock
 
-local now = system.monotime
+local now = sn.clock
 local cfg = sn.config()
 local REPS, WARMUP = 11, 2
 

@@ -10,9 +10,8 @@
 --
 --   make bench    (runs it after bench_lua.lua, with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
-local system = require "system" -- lua-system, which busted depends on: a monotonic clock
 
-local core, now = sn.core, system.monotime
+local core, now = sn.core, sn.clock
 local cfg = sn.config()
 local REPS, WARMUP, CALLS = 11, 2, 10
 local B, D, LAYERS = 256, 128, 4

@@ -2,6 +2,7 @@
  * module-level functions for threads, random state, memory and configuration. */
 #include <omp.h>
 #include <string.h>
+#include <time.h>
 
 #include "lcheck.h"
 
@@ -94,6 +95,14 @@ static int l_config(lua_State *L) {
   return 1;
 }
 
+/* clock(): monotonic wall-clock seconds (os.clock counts the CPU time of every thread). */
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + ts.tv_nsec * 1e-9);
+  return 1;
+}
+
 static int l_is_tensor(lua_State *L) {
   lua_pushboolean(L, sn_lua_test_tensor(L, 1) != NULL);
   return 1;
@@ -103,7 +112,7 @@ static const luaL_Reg module_fns[] = {
     {"manual_seed", l_manual_seed}, {"get_rng_state", l_get_rng_state}, {"set_rng_state", l_set_rng_state},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"memory", l_memory}, {"reset_peak_memory", l_reset_peak_memory}, {"set_memory_limit", l_set_memory_limit},
-    {"config", l_config}, {"is_tensor", l_is_tensor}, {NULL, NULL}};
+    {"config", l_config}, {"clock", l_clock}, {"is_tensor", l_is_tensor}, {NULL, NULL}};
 
 int luaopen_seqnn_core(lua_State *L) {
   lua_newtable(L); /* module */

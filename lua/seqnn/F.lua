@@ -5,7 +5,7 @@
 local core = require "seqnn.core"
 local autograd = require "seqnn.autograd"
 
-local record = autograd.record
+local record, tracked = autograd.record, autograd.tracked
 local F = {}
 
 local function shape_str(t)
@@ -21,7 +21,8 @@ local function check_tensor(fn, name, v, pos)
 end
 
 -- linear(x, weight [, bias]): x (..., in), weight (out, in), bias (out) -> (..., out).
--- One GEMM over all leading dims; weight:t() is a transposed view, not a copy.
+-- One GEMM over all leading dims (weight:t() is a transposed view, not a copy) and one
+-- tape node whose backward produces dW = g^T x directly in weight's layout.
 function F.linear(x, weight, bias)
   check_tensor("linear", "x", x, 1)
   check_tensor("linear", "weight", weight, 2)
@@ -37,8 +38,16 @@ function F.linear(x, weight, bias)
         shape_str(bias), weight:size(1), shape_str(weight)), 2)
     end
   end
-  local y = x:matmul(weight:t())
-  if bias ~= nil then y = y + bias end
+  local y = core.matmul(x, weight:t())
+  if bias ~= nil then y:add_(bias) end -- y is new: adding in place saves a temporary
+  record("linear", { x, weight, bias, n = 3 }, y, function(g)
+    local out, inp = weight:size(1), weight:size(2)
+    local g2 = g:reshape(-1, out)
+    local gx = tracked(x) and core.matmul(g, weight) or nil
+    local gw = tracked(weight) and core.matmul(g2:t(), x:reshape(-1, inp)) or nil
+    local gb = tracked(bias) and g2:sum(1) or nil
+    return gx, gw, gb
+  end)
   return y
 end
 
@@ -139,17 +148,30 @@ function F.cross_entropy(logits, targets, opts)
   return loss
 end
 
--- mse_loss(input, target [, reduction = "mean" | "sum" | "none"])
+-- mse_loss(input, target [, reduction = "mean" | "sum" | "none"]); shapes broadcast.
+-- One node: the backward is 2 (input - target) scaled, in one pass.
 function F.mse_loss(input, target, reduction)
   check_tensor("mse_loss", "input", input, 1)
   check_tensor("mse_loss", "target", target, 2)
-  local d = input - target
-  local sq = d * d
   reduction = reduction or "mean"
-  if reduction == "mean" then return sq:mean() end
-  if reduction == "sum" then return sq:sum() end
-  if reduction == "none" then return sq end
-  error(("seqnn.F.mse_loss: reduction must be 'mean', 'sum' or 'none', got %s"):format(tostring(reduction)), 2)
+  if reduction ~= "mean" and reduction ~= "sum" and reduction ~= "none" then
+    error(("seqnn.F.mse_loss: reduction must be 'mean', 'sum' or 'none', got %s"):format(tostring(reduction)), 2)
+  end
+  local d = core.sub(input, target)
+  local sq = core.mul(d, d)
+  local loss = reduction == "mean" and core.mean(sq) or reduction == "sum" and core.sum(sq) or sq
+  record("mse_loss", { input, target }, loss, function(g)
+    local gi
+    if reduction == "none" then
+      gi = core.mul(core.mul(d, g), 2)
+    else
+      gi = core.mul(d, g:item() * (reduction == "mean" and 2 / d:numel() or 2))
+    end
+    local unbroadcast = autograd.unbroadcast
+    return tracked(input) and unbroadcast(gi, input:shape()) or nil,
+           tracked(target) and unbroadcast(core.neg(gi), target:shape()) or nil
+  end)
+  return loss
 end
 
 return F

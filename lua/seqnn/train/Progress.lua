@@ -5,7 +5,7 @@
 --   step 420/1000  loss 1.9321  lr 3.00e-03  24.1k tok/s  elapsed 0:17  ETA 0:24
 -- note(text) prints a line that stays (validation results, checkpoints) in both modes.
 local sn = require "seqnn"
-local now = require "seqnn.train.clock"
+local now = require("seqnn.core").clock -- monotonic wall-clock seconds
 local Progress = sn.class("seqnn.train.Progress")
 
 local BAR = 20

@@ -15,7 +15,7 @@ local class = require "seqnn.class"
 local checkpoint = require "seqnn.train.checkpoint"
 local Progress = require "seqnn.train.Progress"
 local Metrics = require "seqnn.train.Metrics"
-local now = require "seqnn.train.clock"
+local now = require("seqnn.core").clock -- monotonic wall-clock seconds
 
 local train = {
   Progress = Progress,
