@@ -56,6 +56,7 @@ typedef struct sn_storage {
   sn_ctx *ctx; /* whose live_bytes count this storage; NULL when not counted */
   void (*release)(void *ud, void *data, int64_t nbytes);
   void *release_ud;
+  void *block; /* what the allocator returned: freed with the last view */
 } sn_storage;
 
 /* A view: shape, strides and offset (in elements) over a storage. */

@@ -2,6 +2,7 @@
  * the strided copy that contiguous/clone/dtype conversion are built on. */
 #include <omp.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,14 +62,17 @@ static sn_storage *storage_new(sn_ctx *ctx, int64_t nbytes) {
             nbytes / 1048576.0, ctx->live_bytes / 1048576.0, ctx->limit_bytes / 1048576.0);
     return NULL;
   }
-  void *block = NULL;
-  if (posix_memalign(&block, SN_ALIGN, (size_t)(SN_ALIGN + rounded)) != 0) {
+  /* malloc plus alignment by hand, not posix_memalign: glibc serves small mallocs from
+   * per-thread caches, while aligned requests split and coalesce chunks, which made a loop
+   * of tiny tensors slow down as the heap fragmented. */
+  void *block = malloc((size_t)(2 * SN_ALIGN + rounded));
+  if (!block) {
     sn_fail(ctx, SN_ENOMEM, "seqnn: out of memory: requested %.1f MiB; live %.1f MiB",
             nbytes / 1048576.0, ctx->live_bytes / 1048576.0);
     return NULL;
   }
-  sn_storage *s = block;
-  *s = (sn_storage){.refcount = 1, .data = (char *)block + SN_ALIGN, .nbytes = rounded, .ctx = ctx};
+  sn_storage *s = (sn_storage *)(((uintptr_t)block + SN_ALIGN - 1) & ~(uintptr_t)(SN_ALIGN - 1));
+  *s = (sn_storage){.refcount = 1, .data = (char *)s + SN_ALIGN, .nbytes = rounded, .ctx = ctx, .block = block};
   ctx->live_bytes += rounded;
   if (ctx->live_bytes > ctx->peak_bytes) ctx->peak_bytes = ctx->live_bytes;
   return s;
@@ -101,7 +105,7 @@ sn_status sn_tensor_wrap(sn_ctx *ctx, sn_tensor *t, void *data, int64_t nbytes, 
                    (long long)nbytes, (long long)n, sn_dtype_name(dt));
   sn_storage *s = malloc(sizeof *s);
   if (!s) return sn_fail(ctx, SN_ENOMEM, "seqnn: out of memory");
-  *s = (sn_storage){.refcount = 1, .data = data, .nbytes = nbytes, .release = release, .release_ud = ud};
+  *s = (sn_storage){.refcount = 1, .data = data, .nbytes = nbytes, .release = release, .release_ud = ud, .block = s};
   t->storage = s;
   t->dtype = dt;
   t->ndim = ndim;
@@ -116,7 +120,7 @@ void sn_tensor_release(sn_tensor *t) {
   if (!s || --s->refcount > 0) return;
   if (s->release) s->release(s->release_ud, s->data, s->nbytes); /* wrapped: data is not ours */
   else if (s->ctx) s->ctx->live_bytes -= s->nbytes;               /* data lives in s's block */
-  free(s);
+  free(s->block);
 }
 
 void sn_tensor_share(sn_tensor *dst, const sn_tensor *src) {
