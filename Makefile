@@ -77,7 +77,7 @@ $(BUILD)/seqnn/core.so: $(CORE_OBJ) $(LUA_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LIBFLAG) -Wl,-z,nodelete -o $@ $^ $(SN_LIBS)
 
-$(BUILD)/tests/seqnn_tests: $(TEST_SRC) $(BUILD)/libseqnn.a tests/testutil.h
+$(BUILD)/tests/seqnn_tests: $(TEST_SRC) $(BUILD)/libseqnn.a $(wildcard tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(SN_CFLAGS) -Itests -o $@ $(TEST_SRC) $(BUILD)/libseqnn.a $(SN_LIBS) -lcriterion
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "simd/vec.h"
+#include "simdutil.h"
 #include "testutil.h"
 
 static sn_ctx ctx;
@@ -17,28 +18,6 @@ TestSuite(elementwise, .init = setup, .fini = teardown);
 
 static const int64_t sizes[] = {1, 7, 15, 17, 33, 1000003}; /* around 8- and 16-lane tails */
 
-/* ---- SIMD levels -------------------------------------------------------------------- */
-
-static const char *const levels[] = {"scalar", "avx2", "avx512"};
-
-/* How many of `levels` this CPU runs (the level chosen at load is the highest). */
-static int level_count(void) {
-  unsetenv("SEQNN_SIMD");
-  sn_vec_init();
-  const char *top = sn_simd_level();
-  return strcmp(top, "avx512") == 0 ? 3 : strcmp(top, "avx2") == 0 ? 2 : 1;
-}
-
-static void use_level(int i) {
-  setenv("SEQNN_SIMD", levels[i], 1);
-  sn_vec_init();
-  cr_assert_str_eq(sn_simd_level(), levels[i]);
-}
-
-static void restore_level(void) {
-  unsetenv("SEQNN_SIMD");
-  sn_vec_init();
-}
 
 /* ---- references --------------------------------------------------------------------- */
 

@@ -50,38 +50,8 @@ INLINE void unary_loop(sn_unop op, float *y, const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = un1(op, x[i]);
 }
 
-static void unary(sn_unop op, float *y, const float *x, int64_t n) {
-  switch (op) {
-  case SN_EXP: unary_loop(SN_EXP, y, x, n); break;
-  case SN_LOG: unary_loop(SN_LOG, y, x, n); break;
-  case SN_TANH: unary_loop(SN_TANH, y, x, n); break;
-  case SN_SIGMOID: unary_loop(SN_SIGMOID, y, x, n); break;
-  case SN_SILU: unary_loop(SN_SILU, y, x, n); break;
-  case SN_GELU: unary_loop(SN_GELU, y, x, n); break;
-  case SN_SOFTPLUS: unary_loop(SN_SOFTPLUS, y, x, n); break;
-  case SN_SQRT: unary_loop(SN_SQRT, y, x, n); break;
-  case SN_RSQRT: unary_loop(SN_RSQRT, y, x, n); break;
-  case SN_ABS: unary_loop(SN_ABS, y, x, n); break;
-  case SN_NEG: unary_loop(SN_NEG, y, x, n); break;
-  default: break;
-  }
-}
-
 INLINE void binary_loop(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = bin1(op, a[i], b[i]);
-}
-
-static void binary(sn_binop op, float *y, const float *a, const float *b, int64_t n) {
-  switch (op) {
-  case SN_ADD: binary_loop(SN_ADD, y, a, b, n); break;
-  case SN_SUB: binary_loop(SN_SUB, y, a, b, n); break;
-  case SN_MUL: binary_loop(SN_MUL, y, a, b, n); break;
-  case SN_DIV: binary_loop(SN_DIV, y, a, b, n); break;
-  case SN_POW: binary_loop(SN_POW, y, a, b, n); break;
-  case SN_MAX: binary_loop(SN_MAX, y, a, b, n); break;
-  case SN_MIN: binary_loop(SN_MIN, y, a, b, n); break;
-  default: break;
-  }
 }
 
 INLINE void scalar_loop(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
@@ -91,18 +61,7 @@ INLINE void scalar_loop(sn_binop op, float *y, const float *a, float s, int64_t 
     for (int64_t i = 0; i < n; i++) y[i] = bin1(op, a[i], s);
 }
 
-static void binary_scalar(sn_binop op, float *y, const float *a, float s, int64_t n, bool first) {
-  switch (op) {
-  case SN_ADD: scalar_loop(SN_ADD, y, a, s, n, first); break;
-  case SN_SUB: scalar_loop(SN_SUB, y, a, s, n, first); break;
-  case SN_MUL: scalar_loop(SN_MUL, y, a, s, n, first); break;
-  case SN_DIV: scalar_loop(SN_DIV, y, a, s, n, first); break;
-  case SN_POW: scalar_loop(SN_POW, y, a, s, n, first); break;
-  case SN_MAX: scalar_loop(SN_MAX, y, a, s, n, first); break;
-  case SN_MIN: scalar_loop(SN_MIN, y, a, s, n, first); break;
-  default: break;
-  }
-}
+#include "simd/vec_switch.h"
 
 /* Plain double accumulation: exact enough, and speed is the vector tables' business. */
 static double sum(const float *x, int64_t n) {
