@@ -43,5 +43,6 @@ void bench_fill(float *p, int64_t n, uint32_t seed);
 void bench_matmul(void);
 void bench_memory(void);
 void bench_nn(void);
+void bench_attention(void);
 
 #endif

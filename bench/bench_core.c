@@ -159,6 +159,7 @@ static const struct {
     {"matmul", bench_matmul},
     {"memory", bench_memory},
     {"nn", bench_nn},
+    {"attention", bench_attention},
 };
 
 int main(int argc, char **argv) {

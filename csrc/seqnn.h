@@ -400,4 +400,58 @@ sn_status sn_sgd_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, const sn_tensor
                       double momentum, double dampening, double weight_decay, bool nesterov,
                       bool first);
 
+/* ---- rotary position embedding (kernels/rope.c) ----------------------------------------
+ * GPT-NeoX / HF-LLaMA "rotate_half" pairing: element i of each head pairs with i + Dh/2.
+ * For x (B,T,H,Dh), Dh even, half = Dh/2, p = offset + t, theta_i = base^(-2i/Dh):
+ *   fwd: y[i]        = x[i] cos(p theta_i) - x[i+half] sin(p theta_i)
+ *        y[i+half]   = x[i] sin(p theta_i) + x[i+half] cos(p theta_i)      i = 0 .. half-1
+ *   bwd: gx = the inverse rotation (angle -p theta_i) of gy (rotations are orthogonal).
+ * x, gy: f32 (B,T,H,Dh) with a contiguous last dim (other strides free: a narrow view of a
+ * fused QKV output is read in place); y, gx: contiguous, the same shape. offset >= 0 (the
+ * position of t = 0, for decoding), base > 0 (10000 in GPT-NeoX and LLaMA). */
+sn_status sn_rope_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, int64_t offset, double base);
+sn_status sn_rope_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *gy, int64_t offset, double base);
+
+/* ---- softmax attention (kernels/attention.c), FlashAttention-style ---------------------
+ * q (B,T,H,Dh), k and v (B,S,Hkv,Dh), H % Hkv == 0: query head h reads kv head h/(H/Hkv).
+ *   allowed(i,j): with p_i = i + S - T (bottom-right alignment, as flash-attn >= 2.1),
+ *     causal:      j <= p_i
+ *     window w>=0: p_i - w <= j <= p_i   (w + 1 keys including self; implies causal)
+ *   o_i = sum_j softmax_j(scale * q_i.k_j over allowed j) v_j,  lse_i = log sum exp(...)
+ *   A row with no allowed key (S < T under causal) gets o = 0 and lse = +inf.
+ * fwd: o (B,T,H,Dh) and lse (B,H,T) contiguous f32; lse is saved for bwd. Never forms T x S:
+ *   tiles of 64 queries x 64 keys with an online softmax, threads over (b, h, q tile). Its
+ *   workspace holds a packed copy of k and v (head dim padded to a multiple of 16).
+ * bwd: dq, dk, dv (shapes of q, k, v) contiguous, overwritten; recomputes P = exp(S - lse)
+ *   per tile, dS = P (dP - D) with D_i = rowsum(dO_i * o_i). One task per (b, kv head)
+ *   owns dk, dv and the dq of its query heads (with fewer such tasks than threads: key
+ *   tiles own dk, dv, then query tiles own dq, in the same summation order), so there are
+ *   no atomics and results are bitwise the same for any thread count (so are fwd's). The
+ *   workspace holds k packed twice and v once, plus 2 x S x Dh floats per thread.
+ * q, k, v, dout and o may be strided views with unit stride on the last dim.
+ * Varlen (cu_seqlens_q/k both set): i64 (nseq + 1) prefix sums from 0; B must be 1 and
+ *   sequence s is q rows cu_q[s] .. cu_q[s+1]-1 against k rows cu_k[s] .. cu_k[s+1]-1,
+ *   with masks and alignment per sequence; lse is (1,H,total_q). Lengths may be 0.
+ * step (decode): k_cache, v_cache (B,Hkv,Tmax,Dh) contiguous; q (B,1,H,Dh), k_new, v_new
+ *   (B,1,Hkv,Dh). Writes k_new, v_new at cache position pos (0 <= pos < Tmax), then o
+ *   (B,1,H,Dh) = attention of q over positions max(0, pos - window) .. pos. O(pos) work;
+ *   the only scratch is ctx's workspace (no allocation once it is large enough). */
+typedef struct sn_attention_opts {
+  bool causal;
+  int64_t window; /* < 0: unbounded */
+  float scale;    /* multiplies q.k; the binding defaults it to 1/sqrt(Dh) */
+  const sn_tensor *cu_seqlens_q, *cu_seqlens_k; /* NULL, or both i64 (nseq + 1) */
+} sn_attention_opts;
+
+sn_status sn_attention_fwd(sn_ctx *ctx, sn_tensor *o, sn_tensor *lse, const sn_tensor *q,
+                           const sn_tensor *k, const sn_tensor *v, const sn_attention_opts *opts);
+sn_status sn_attention_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor *dv,
+                           const sn_tensor *dout, const sn_tensor *q, const sn_tensor *k,
+                           const sn_tensor *v, const sn_tensor *o, const sn_tensor *lse,
+                           const sn_attention_opts *opts);
+/* opts: window and scale (causal is implied; cu_seqlens must be NULL). */
+sn_status sn_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *k_cache, sn_tensor *v_cache,
+                            const sn_tensor *q, const sn_tensor *k_new, const sn_tensor *v_new,
+                            int64_t pos, const sn_attention_opts *opts);
+
 #endif /* SEQNN_H */

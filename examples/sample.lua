@@ -81,8 +81,10 @@ local okp, ids = pcall(tokenizer.encode, tokenizer, prompt)
 if not okp then fail("the prompt does not fit the checkpoint's vocabulary: " .. tostring(ids):gsub("^[^:]*:%d+: ", "")) end
 if ids:numel() == 0 then fail("the prompt is empty") end
 
-sn.manual_seed(opts.seed)
-local okg, out = pcall(sn.models.sample, model, ids:totable(), { length = opts.length,
-  temperature = opts.temperature, top_k = opts["top-k"], top_p = opts["top-p"] })
-if not okg then fail(tostring(out):gsub("^[^:]*:%d+: ", "")) end
-io.write(prompt, tokenizer:decode(out), "\n")
+-- Tokens are written as they come (through the model's cache when it has one).
+io.write(prompt)
+local okg, err = pcall(sn.generate, model, ids:totable(), { max_tokens = opts.length, seed = opts.seed,
+  temperature = opts.temperature, top_k = opts["top-k"], top_p = opts["top-p"],
+  on_token = function(id) io.write(tokenizer:decode({ id })); io.flush() end })
+if not okg then io.write("\n"); fail(tostring(err):gsub("^[^:]*:%d+: ", "")) end
+io.write("\n")

@@ -268,7 +268,7 @@ describe("sn.models", function()
     local m2, name = sn.models.from_metadata(meta)
     assert.are.equal("mlp", name)
     assert.are.same(m.config, m2.config)
-    assert.matches("unknown model 'nope' (known: mlp", err_of(function() sn.models.build("nope") end), 1, true)
+    assert.matches("unknown model 'nope' (known: gpt, mlp", err_of(function() sn.models.build("nope") end), 1, true)
   end)
 
   it("predicts position t from tokens t-k+1 .. t only", function()

@@ -58,7 +58,11 @@ void sn_lua_open_tensor(lua_State *L, int methods);
 void sn_lua_open_math(lua_State *L, int methods);
 /* Registers the nn kernels as core.k_* (lnn.c). */
 void sn_lua_open_nn(lua_State *L);
+/* Registers the attention kernels as core.k_attention_* (lattention.c). */
+void sn_lua_open_attention(lua_State *L);
 /* Registers save and load (lio.c). */
 void sn_lua_open_io(lua_State *L, int methods);
+/* Registers the RoPE kernels as core.k_rope_* (lrope.c). */
+void sn_lua_open_rope(lua_State *L);
 
 #endif

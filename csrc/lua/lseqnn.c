@@ -141,7 +141,9 @@ int luaopen_seqnn_core(lua_State *L) {
   sn_lua_open_tensor(L, methods);
   sn_lua_open_math(L, methods);
   sn_lua_open_nn(L);
+  sn_lua_open_attention(L);
   sn_lua_open_io(L, methods);
+  sn_lua_open_rope(L);
   lua_pop(L, 2);
 
   lua_pushvalue(L, module);

@@ -174,4 +174,82 @@ function F.mse_loss(input, target, reduction)
   return loss
 end
 
+-- rope(x [, {offset = 0, base = 10000}]): rotary position embedding of x (B,T,H,Dh), Dh even,
+-- in the GPT-NeoX / HF-LLaMA "rotate_half" pairing: element i of a head rotates with
+-- element i + Dh/2 by the angle (offset + t) * base^(-2i/Dh), t the 0-based time index.
+-- offset places x later in a sequence (decoding one token at position offset). x may be a
+-- view with a contiguous last dim (q or k narrowed from a fused projection): no copy.
+function F.rope(x, opts)
+  check_tensor("rope", "x", x, 1)
+  local offset, base = 0, 10000
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error(("seqnn.F.rope: opts must be a table {offset =, base =}, got %s"):format(type(opts)), 2)
+    end
+    offset, base = opts.offset or offset, opts.base or base
+  end
+  local y = core.k_rope_fwd(x, offset, base)
+  record("rope", { x }, y, function(g) return core.k_rope_bwd(g, offset, base) end)
+  return y
+end
+
+-- Options of the attention functions: causal (bool), window (w >= 0: query i sees keys
+-- i-w .. i, which implies causal; nil = unbounded), scale (nil: the kernel uses 1/sqrt(Dh)).
+local function attention_opts(fn, opts)
+  if opts == nil then return false, nil, nil end
+  if type(opts) ~= "table" then
+    error(("seqnn.F.%s: opts must be a table {causal =, window =, scale =}, got %s"):format(fn, type(opts)), 3)
+  end
+  return opts.causal and true or false, opts.window, opts.scale
+end
+
+local function attention_node(name, q, k, v, causal, window, scale, cu_q, cu_k)
+  local o, lse = core.k_attention_fwd(q, k, v, causal, window, scale, cu_q, cu_k)
+  record(name, { q, k, v }, o, function(g)
+    local dq, dk, dv = core.k_attention_bwd(g, q, k, v, o, lse, causal, window, scale, cu_q, cu_k)
+    lse:free()
+    q, k, v, o, lse = nil, nil, nil, nil, nil
+    return dq, dk, dv
+  end)
+  return o
+end
+
+-- attention(q, k, v [, {causal = false, window = nil, scale = 1/sqrt(Dh)}]): softmax
+-- attention, fused (FlashAttention-style: no T x S matrix is stored). q (B,T,H,Dh), k and
+-- v (B,S,Hkv,Dh) with H % Hkv == 0 (head h reads kv head floor(h / (H/Hkv)), 0-based).
+-- Causal masks align bottom-right when S ~= T (query i sits at key position i + S - T);
+-- a query with no allowed key gets 0. Returns (B,T,H,Dh); one tape node.
+function F.attention(q, k, v, opts)
+  check_tensor("attention", "q", q, 1)
+  check_tensor("attention", "k", k, 2)
+  check_tensor("attention", "v", v, 3)
+  local causal, window, scale = attention_opts("attention", opts)
+  return attention_node("attention", q, k, v, causal, window, scale)
+end
+
+-- attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k [, opts]): a batch of sequences of
+-- different lengths packed without padding: q (1, total_q, H, Dh), k and v (1, total_k,
+-- Hkv, Dh); cu_seqlens_* i64 (nseq + 1) prefix sums from 0 (sequence s is rows
+-- cu[s] .. cu[s+1]-1, 0-based). Masks are per sequence. Same options as attention.
+function F.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, opts)
+  check_tensor("attention_varlen", "q", q, 1)
+  check_tensor("attention_varlen", "k", k, 2)
+  check_tensor("attention_varlen", "v", v, 3)
+  check_tensor("attention_varlen", "cu_seqlens_q", cu_seqlens_q, 4)
+  check_tensor("attention_varlen", "cu_seqlens_k", cu_seqlens_k, 5)
+  local causal, window, scale = attention_opts("attention_varlen", opts)
+  return attention_node("attention_varlen", q, k, v, causal, window, scale, cu_seqlens_q, cu_seqlens_k)
+end
+
+-- attention_step(q, k_new, v_new, k_cache, v_cache, pos [, {window = nil, scale = nil}]):
+-- one decoding step, no autograd. q (B,1,H,Dh), k_new and v_new (B,1,Hkv,Dh); the caches
+-- are contiguous (B, Hkv, Tmax, Dh). Writes k_new, v_new into the caches at pos (0-based:
+-- the number of tokens already cached) in place, then returns the attention of q over
+-- cache positions max(0, pos - window) .. pos, (B,1,H,Dh). Looping pos = 0 .. T-1 gives
+-- the causal attention of the whole sequence.
+function F.attention_step(q, k_new, v_new, k_cache, v_cache, pos, opts)
+  local _, window, scale = attention_opts("attention_step", opts)
+  return core.k_attention_step(q, k_new, v_new, k_cache, v_cache, pos, window, scale)
+end
+
 return F

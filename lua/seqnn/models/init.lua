@@ -3,7 +3,7 @@
 --   sn.models.register("mlp", function(config) return MLPLM(config) end)
 --   model = sn.models.build("mlp", {vocab_size = 65, context = 8})
 --   sn.models.names()                      --> {"mlp", ...} sorted
---   sn.models.sample(model, ids, {length = 200, temperature = 0.8, top_k = 10})
+--   sn.models.sample(model, ids, {length = 200, temperature = 0.8, top_k = 10})  (= sn.generate)
 --
 -- A built model keeps the complete config it was built from in model.config (numbers,
 -- strings and booleans only), so metadata(name, model) can write it into a checkpoint
@@ -72,5 +72,8 @@ end
 models.sample = require "seqnn.models.sample"
 models.MLPLM = require "seqnn.models.MLPLM"
 models.register("mlp", function(config) return models.MLPLM(config) end)
+models.mixers = require "seqnn.models.mixers"
+models.LM = require "seqnn.models.LM"
+models.register("gpt", function(config) return models.LM(config) end)
 
 return models

@@ -5,9 +5,13 @@
 --   sn.nn.Dropout(p)  sn.nn.GELU()  sn.nn.SiLU()  sn.nn.Tanh()
 --   sn.nn.Sequential(m1, m2, ...)  sn.nn.ModuleList{m1, m2, ...}
 --   sn.nn.MLP{d1, ..., dn, activation = "gelu", dropout = 0}   sn.nn.SwiGLU(dim, hidden)
+--   sn.nn.MultiheadAttention(d, heads [, {kv_heads, rope, window, causal, bias, dropout}])
+--   sn.nn.TransformerBlock(d, heads [, {mlp, norm, mixer, ...}])
+--   sn.nn.KVCache(batch, kv_heads, max_len, head_dim)   (decoding state, not a Module)
 local nn = {}
 for _, name in ipairs({ "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
-                        "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU" }) do
+                        "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU", "KVCache",
+                        "MultiheadAttention", "TransformerBlock" }) do
   nn[name] = require("seqnn.nn." .. name)
 end
 return nn

@@ -1,0 +1,53 @@
+-- sn.models.mixers: token mixers by name, so a model config can say which layer mixes
+-- tokens how ("attention" here; recurrent mixers register themselves the same way).
+--
+--   sn.models.mixers.register("attention", function(cfg, layer_index) return module end)
+--   sn.models.mixers.build("attention", cfg, 3)     sn.models.mixers.names()
+--
+-- cfg holds the block's settings: d, heads, kv_heads, rope (bool), rope_base, window,
+-- bias, dropout, and whatever else the model config carries. A mixer maps (B,T,d) to
+-- (B,T,d); one that can decode step by step also has init_cache(batch, max_len) and takes
+-- that cache as forward's second argument.
+local Module = require "seqnn.nn.Module"
+local MultiheadAttention = require "seqnn.nn.MultiheadAttention"
+local class = require "seqnn.class"
+
+local mixers = {}
+local builders = {}
+
+function mixers.register(name, builder)
+  if type(name) ~= "string" or name == "" then
+    error(("seqnn.models.mixers.register: name must be a non-empty string, got %s"):format(tostring(name)), 2)
+  end
+  if type(builder) ~= "function" then
+    error(("seqnn.models.mixers.register: builder for '%s' must be a function, got %s"):format(name, type(builder)), 2)
+  end
+  builders[name] = builder
+end
+
+function mixers.names()
+  local list = {}
+  for name in pairs(builders) do list[#list + 1] = name end
+  table.sort(list)
+  return list
+end
+
+function mixers.build(name, cfg, layer_index)
+  local builder = builders[name]
+  if builder == nil then
+    error(("seqnn.models.mixers: unknown mixer '%s' (known: %s)"):format(tostring(name),
+      table.concat(mixers.names(), ", ")), 3)
+  end
+  local m = builder(cfg, layer_index)
+  if not class.is_instance(m, Module) then
+    error(("seqnn.models.mixers: the builder of '%s' returned %s, not a seqnn.nn.Module"):format(name, type(m)), 3)
+  end
+  return m
+end
+
+mixers.register("attention", function(cfg)
+  return MultiheadAttention(cfg.d, cfg.heads, { kv_heads = cfg.kv_heads, rope = cfg.rope, rope_base = cfg.rope_base,
+    window = cfg.window, bias = cfg.bias, dropout = cfg.dropout })
+end)
+
+return mixers

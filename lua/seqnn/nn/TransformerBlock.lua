@@ -1,0 +1,75 @@
+local sn = require "seqnn"
+local Module = require "seqnn.nn.Module"
+local class = require "seqnn.class"
+local MultiheadAttention = require "seqnn.nn.MultiheadAttention"
+local LayerNorm = require "seqnn.nn.LayerNorm"
+local RMSNorm = require "seqnn.nn.RMSNorm"
+local MLP = require "seqnn.nn.MLP"
+local SwiGLU = require "seqnn.nn.SwiGLU"
+local Dropout = require "seqnn.nn.Dropout"
+local TransformerBlock = sn.class("seqnn.nn.TransformerBlock", Module)
+
+local NAME = "seqnn.nn.TransformerBlock"
+
+-- TransformerBlock(d, heads [, {mlp = "gelu", norm = "layernorm", mixer = nil, hidden = nil,
+--                  dropout = 0, bias = false, kv_heads, rope, window, ...}]): a pre-norm
+-- residual block,  h = x + mixer(norm1(x));  y = h + mlp(norm2(h)).
+--   mixer   the token mixer: a module taking (B,T,d) (and a cache, for decoding), or a name
+--           from sn.models.mixers, built with this block's options plus d and heads
+--           (default: MultiheadAttention(d, heads, opts))
+--   mlp     "gelu": Linear(d, hidden) GELU Linear(hidden, d), hidden = 4d by default;
+--           "swiglu": sn.nn.SwiGLU(d, hidden), hidden = 8d/3 rounded up to a multiple of 8
+--   norm    "layernorm" or "rmsnorm"
+function TransformerBlock:__init(d, heads, opts)
+  Module.__init(self)
+  opts = opts or {}
+  if math.type(d) ~= "integer" or d < 1 then
+    error(("%s: d must be a positive integer, got %s"):format(NAME, tostring(d)), 3)
+  end
+  local norm = ({ layernorm = LayerNorm, rmsnorm = RMSNorm })[opts.norm or "layernorm"]
+  if not norm then
+    error(("%s: norm must be 'layernorm' or 'rmsnorm', got %s"):format(NAME, tostring(opts.norm)), 3)
+  end
+  local kind = opts.mlp or "gelu"
+  if kind ~= "gelu" and kind ~= "swiglu" then
+    error(("%s: mlp must be 'gelu' or 'swiglu', got %s"):format(NAME, tostring(kind)), 3)
+  end
+  local hidden = opts.hidden or (kind == "gelu" and 4 * d or (8 * d // 3 + 7) // 8 * 8)
+  local mixer = opts.mixer
+  if mixer == nil then
+    mixer = MultiheadAttention(d, heads, opts)
+  elseif type(mixer) == "string" then
+    local cfg = setmetatable({ d = d, heads = heads }, { __index = opts })
+    mixer = require("seqnn.models.mixers").build(mixer, cfg, 1)
+  elseif not class.is_instance(mixer, Module) then
+    error(("%s: mixer must be a seqnn.nn.Module or a mixer name, got %s"):format(NAME, type(mixer)), 3)
+  end
+  self:add_module("norm1", norm(d))
+  self:add_module("mixer", mixer)
+  self:add_module("norm2", norm(d))
+  if kind == "gelu" then
+    self:add_module("mlp", MLP({ d, hidden, d }, { activation = "gelu", bias = opts.bias == true }))
+  else
+    self:add_module("mlp", SwiGLU(d, hidden))
+  end
+  if (opts.dropout or 0) > 0 then self:add_module("drop", Dropout(opts.dropout)) end
+end
+
+-- init_cache(batch, max_len): the mixer's decoding state (a KVCache for attention).
+function TransformerBlock:init_cache(batch, max_len)
+  if type(self.mixer.init_cache) ~= "function" then
+    error(("%s: the mixer (%s) has no init_cache, so it cannot decode step by step"):format(
+      NAME, self.mixer.__name), 2)
+  end
+  return self.mixer:init_cache(batch, max_len)
+end
+
+-- forward(x [, cache]): x (B,T,d) -> (B,T,d); the cache goes to the mixer.
+function TransformerBlock:forward(x, cache)
+  local h = x + self.mixer(self.norm1(x), cache)
+  local m = self.mlp(self.norm2(h))
+  if self.drop then m = self.drop(m) end
+  return h + m
+end
+
+return TransformerBlock
