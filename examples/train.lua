@@ -103,9 +103,10 @@ end
 local ds = sn.data.TextDataset{ text = text, seq = opts.seq, tokenizer = tokenizer }
 local V = ds.tokenizer.vocab_size
 
--- Per-model defaults. The embedded corpus is 3 KB: a GPT of the usual size (4 layers, d = 128)
--- overfits it within a hundred steps, so the default GPT is one small layer with local
--- attention (a 6-character window), SwiGLU, RMSNorm and heavy dropout.
+-- Per-model defaults. The embedded corpus is 3 KB: larger GPTs overfit it within a few
+-- hundred steps (2 layers of d = 64: validation 1.58 at step 200, then rising), so the
+-- default GPT is one small layer with local attention (a 6-character window), SwiGLU,
+-- RMSNorm and heavy dropout, which beats the MLP (1.371 against 1.388).
 local PRESETS = {
   gpt = { steps = 1500, lr = 1e-2, config = { d = 32, layers = 1, heads = 2, window = 6, dropout = 0.3,
                                               mlp = "swiglu", norm = "rmsnorm" } },

@@ -70,6 +70,12 @@ describe("seqnn.F.attention", function()
     end
   end)
 
+  it("treats a huge window as causal", function()
+    local q, k, v = sn.randn(1, 9, 2, 4), sn.randn(1, 5, 2, 4), sn.randn(1, 5, 2, 4)
+    local a = F.attention(q, k, v, { window = math.maxinteger })
+    assert.are.equal(0, max_diff(a, F.attention(q, k, v, { causal = true })))
+  end)
+
   it("takes views of a fused projection", function()
     local qkv = sn.randn(2, 7, 8, 4)
     local q, k, v = qkv:narrow(3, 1, 4), qkv:narrow(3, 5, 2), qkv:narrow(3, 7, 2)

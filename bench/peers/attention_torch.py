@@ -6,7 +6,8 @@ f32, 2 threads, in PyTorch two ways:
   sdpa   torch.nn.functional.scaled_dot_product_attention(is_causal=True), PyTorch's
          fused CPU kernel.
 Prints `torch <version> threads N blas <core>` and one line per variant:
-`<variant>_ms <median ms of fwd+bwd>`, or `skip: ...` when torch cannot be imported.
+`<variant>_ms <median ms of fwd+bwd>` (`sdpa_skip <why>` on torch < 2.0, which lacks
+scaled_dot_product_attention), or `skip: ...` when torch cannot be imported.
 Run it through run_attention.sh (jemalloc, both OMP_WAIT_POLICY values).
 """
 import ctypes
@@ -66,8 +67,11 @@ def median_ms(fn):
 def main():
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__} threads {torch.get_num_threads()} blas {blas_core()}")
-    for name, fn in (("eager", eager), ("sdpa", sdpa)):
-        print(f"{name}_ms {median_ms(fn):.2f}")
+    print(f"eager_ms {median_ms(eager):.2f}", flush=True)
+    if hasattr(F, "scaled_dot_product_attention"):
+        print(f"sdpa_ms {median_ms(sdpa):.2f}")
+    else:
+        print(f"sdpa_skip torch {torch.__version__} has no scaled_dot_product_attention (torch >= 2.0)")
 
 
 if __name__ == "__main__":

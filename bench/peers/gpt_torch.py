@@ -2,7 +2,7 @@
 
 Same model as sn.models.LM{vocab_size=65, d=128, layers=4, heads=4, context=64,
 positions="learned", bias=false}: learned positions, pre-norm blocks (LayerNorm, fused QKV,
-causal scaled_dot_product_attention, GELU MLP of 4d), final LayerNorm, tied output head.
+causal attention, GELU MLP of 4d), final LayerNorm, tied output head.
 Batch 12, AdamW. Prints `train_tokens_per_s N` (median of samples of timed steps), or
 `skip: ...` when torch cannot be imported. Run it through run_gpt.sh.
 """
@@ -21,6 +21,17 @@ V, D, L, H, T, B = 65, 128, 4, 4, 64, 12
 THREADS, WARMUP, SAMPLES, STEPS = 2, 5, 7, 10
 
 
+def causal_attention(q, k, v):
+    """q, k, v (B,H,T,Dh): the fused kernel where torch has it (>= 2.0), else nanoGPT's
+    explicit masked softmax (what Debian 12's torch 1.13 runs)."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    t = q.shape[-2]
+    att = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    return att.softmax(-1) @ v
+
+
 class Block(nn.Module):
     def __init__(self):
         super().__init__()
@@ -33,7 +44,7 @@ class Block(nn.Module):
     def forward(self, x):
         b, t, _ = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, H, D // H).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = causal_attention(q, k, v)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, D))
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 

@@ -23,7 +23,7 @@
 #include "simd/vec.h"
 
 #define BR 64  /* queries per tile */
-#define BC 64 /* keys per tile */
+#define BC 64  /* keys per tile */
 #define LOG2E 1.4426950408889634
 #define LN2 0.6931471805599453
 
@@ -207,6 +207,8 @@ static sn_status check_inputs(sn_ctx *ctx, problem *P, const sn_tensor *q, const
   *P = (problem){.nseq = q->size[0], .H = q->size[2], .Hkv = k->size[2], .G = q->size[2] / k->size[2],
                  .D = q->size[3], .Dp = pad16(q->size[3]), .T = q->size[1], .S = k->size[1],
                  .causal = opts->causal, .window = opts->window, .scale = opts->scale};
+  /* Past T + S a window changes nothing; clamped, p - window cannot overflow. */
+  P->window = min64(P->window, P->T + P->S);
   if (!opts->cu_seqlens_q != !opts->cu_seqlens_k)
     return sn_fail(ctx, SN_EINVAL, "%s: varlen needs both cu_seqlens_q and cu_seqlens_k", FN);
   if (opts->cu_seqlens_q) {

@@ -22,24 +22,23 @@ static sn_tensor *arg_4d(lua_State *L, int idx, const char *name) {
   return c;
 }
 
-/* causal, window, scale at idx .. idx+2; cu_seqlens at idx+3, idx+4 when with_cu. */
-static sn_attention_opts read_opts(lua_State *L, int idx, const sn_tensor *q, bool with_cu) {
-  sn_attention_opts o = {.causal = lua_toboolean(L, idx), .window = -1};
-  if (!lua_isnoneornil(L, idx + 1)) {
-    o.window = sn_lua_check_int(L, idx + 1, FN, "window");
+/* The options at these stack indices (0: absent): causal (absent: true, as in the step),
+ * window|nil, scale|nil, cu_seqlens_q|nil (and cu_seqlens_k right after it). */
+static sn_attention_opts read_opts(lua_State *L, const sn_tensor *q, int causal, int window, int scale, int cu) {
+  sn_attention_opts o = {.causal = causal ? lua_toboolean(L, causal) : true, .window = -1};
+  if (!lua_isnoneornil(L, window)) {
+    o.window = sn_lua_check_int(L, window, FN, "window");
     if (o.window < 0) sn_lua_fail(L, "%s: window must be >= 0 (or nil for none), got %lld", FN, (long long)o.window);
   }
-  if (lua_isnoneornil(L, idx + 2)) {
+  if (lua_isnoneornil(L, scale)) {
     o.scale = (float)(1.0 / sqrt((double)(q->size[3] > 0 ? q->size[3] : 1)));
   } else {
-    double s = luaL_checknumber(L, idx + 2);
-    if (!isfinite(s)) sn_lua_fail(L, "%s: scale must be finite, got %g", FN, s);
-    o.scale = (float)s;
+    double v = luaL_checknumber(L, scale);
+    if (!isfinite(v)) sn_lua_fail(L, "%s: scale must be finite, got %g", FN, v);
+    o.scale = (float)v;
   }
-  if (with_cu) {
-    if (!lua_isnoneornil(L, idx + 3)) o.cu_seqlens_q = sn_lua_check_tensor(L, idx + 3, FN, "cu_seqlens_q", SN_I64);
-    if (!lua_isnoneornil(L, idx + 4)) o.cu_seqlens_k = sn_lua_check_tensor(L, idx + 4, FN, "cu_seqlens_k", SN_I64);
-  }
+  if (cu && !lua_isnoneornil(L, cu)) o.cu_seqlens_q = sn_lua_check_tensor(L, cu, FN, "cu_seqlens_q", SN_I64);
+  if (cu && !lua_isnoneornil(L, cu + 1)) o.cu_seqlens_k = sn_lua_check_tensor(L, cu + 1, FN, "cu_seqlens_k", SN_I64);
   return o;
 }
 
@@ -47,7 +46,7 @@ static sn_attention_opts read_opts(lua_State *L, int idx, const sn_tensor *q, bo
 static int l_attention_fwd(lua_State *L) {
   lua_settop(L, 8);
   sn_tensor *q = arg_4d(L, 1, "q"), *k = arg_4d(L, 2, "k"), *v = arg_4d(L, 3, "v");
-  sn_attention_opts opts = read_opts(L, 4, q, true);
+  sn_attention_opts opts = read_opts(L, q, 4, 5, 6, 7);
   sn_tensor *o = sn_lua_push_empty_like(L, FN, q, SN_F32);
   sn_tensor *lse = sn_lua_push_empty(L, FN, SN_F32, 3, (int64_t[]){q->size[0], q->size[2], q->size[1]});
   CHECK(L, sn_attention_fwd(sn_lua_ctx(L), o, lse, q, k, v, &opts));
@@ -60,7 +59,7 @@ static int l_attention_bwd(lua_State *L) {
   sn_tensor *g = arg_4d(L, 1, "grad_output"), *q = arg_4d(L, 2, "q"), *k = arg_4d(L, 3, "k");
   sn_tensor *v = arg_4d(L, 4, "v"), *o = arg_4d(L, 5, "o");
   sn_tensor *lse = sn_lua_check_tensor(L, 6, FN, "lse", SN_F32);
-  sn_attention_opts opts = read_opts(L, 7, q, true);
+  sn_attention_opts opts = read_opts(L, q, 7, 8, 9, 10);
   sn_tensor *dq = sn_lua_push_empty_like(L, FN, q, SN_F32);
   sn_tensor *dk = sn_lua_push_empty_like(L, FN, k, SN_F32);
   sn_tensor *dv = sn_lua_push_empty_like(L, FN, v, SN_F32);
@@ -75,10 +74,7 @@ static int l_attention_step(lua_State *L) {
   sn_tensor *q = arg_4d(L, 1, "q"), *kn = arg_4d(L, 2, "k_new"), *vn = arg_4d(L, 3, "v_new");
   sn_tensor *kc = sn_lua_check_tensor(L, 4, FN, "k_cache", SN_F32), *vc = sn_lua_check_tensor(L, 5, FN, "v_cache", SN_F32);
   int64_t pos = sn_lua_check_int(L, 6, FN, "pos");
-  lua_pushboolean(L, 1); /* causal is implied; read_opts wants the three in a row */
-  lua_pushvalue(L, 7);
-  lua_pushvalue(L, 8);
-  sn_attention_opts opts = read_opts(L, 9, q, false);
+  sn_attention_opts opts = read_opts(L, q, 0, 7, 8, 0);
   sn_tensor *o = sn_lua_push_empty_like(L, FN, q, SN_F32);
   CHECK(L, sn_attention_step(sn_lua_ctx(L), o, kc, vc, q, kn, vn, pos, &opts));
   return 1;

@@ -93,7 +93,7 @@ local function generate(model, prompt, opts)
       cache = model:init_cache(1, window)
       return model:step(ids_tensor(seq, math.max(1, #seq - keep + 1), #seq), cache)[1][-1]
     end
-    local logits = cached and prefill(window) or nil
+    local logits = cached and opts.max_tokens > 0 and prefill(window) or nil
     for i = 1, opts.max_tokens do
       if not cached then logits = model(ids_tensor(seq, math.max(1, #seq - window + 1), #seq))[1][-1] end
       local id = pick(logits, opts)
