@@ -8,23 +8,13 @@
 --
 --   make bench    (runs it after bench_train.lua, with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
+local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "util.lua")
+local row, median = util.row, util.median
 
 local now = sn.clock
 local cfg = sn.config()
 local V, D, LAYERS, HEADS, CONTEXT, BATCH = 65, 128, 4, 4, 64, 12
 local WARMUP, SAMPLES, STEPS = 3, 7, 10
-
-local ROW = "%-18s %-22s %-7s %-7s %-9s %-8s %-7s %-6s %s"
-local function row(kernel, shape, seconds, flops, x_ref, ref)
-  print(ROW:format(kernel, shape, tostring(cfg.threads), cfg.simd, ("%.4g"):format(seconds * 1e3),
-                   flops and ("%.1f"):format(flops / seconds * 1e-9) or "-", "-",
-                   x_ref and ("%.2f"):format(x_ref) or "-", ref))
-end
-
-local function median(t)
-  table.sort(t)
-  return t[(#t + 1) // 2]
-end
 
 local function gpt(context)
   return sn.models.LM{ vocab_size = V, d = D, layers = LAYERS, heads = HEADS, context = context, positions = "learned" }
@@ -49,7 +39,7 @@ print(("# bench_gpt.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):form
 print("# train: ms per AdamW step of batch 12 x 64 tokens, GFLOP/s counts 6 x params x tokens + causal attention;")
 print("#   x_ref: seqnn tokens/s over PyTorch eager's (same model, 2 threads, the faster OMP_WAIT_POLICY)")
 print("# generate: ms per token through the KV caches from a 1-token prompt to `context` tokens")
-print(ROW:format("kernel", "shape", "threads", "simd", "ms", "GFLOP/s", "GB/s", "x_ref", "ref"))
+util.header()
 
 -- ---- training ---------------------------------------------------------------------------
 sn.manual_seed(1)

@@ -5,23 +5,12 @@
 --
 --   make bench    (runs it with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
+local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "util.lua")
+local row, median = util.row, util.median
 
 local now = sn.clock
 local cfg = sn.config()
 local REPS, WARMUP = 11, 2
-
-local function median(t)
-  table.sort(t)
-  return t[(#t + 1) // 2]
-end
-
--- Same columns as bench_row in bench/bench_core.c.
-local ROW = "%-18s %-22s %-7s %-7s %-9s %-8s %-7s %-6s %s"
-local function row(kernel, shape, seconds, flops, x_ref, ref)
-  print(ROW:format(kernel, shape, tostring(cfg.threads), cfg.simd, ("%.4g"):format(seconds * 1e3),
-                   flops and ("%.1f"):format(flops / seconds * 1e-9) or "-", "-",
-                   x_ref and ("%.2f"):format(x_ref) or "-", ref))
-end
 
 -- Median seconds per call of fn over REPS samples of `calls` calls, after WARMUP samples.
 local function time_calls(fn, calls)
@@ -38,7 +27,7 @@ print()
 print(("# bench_lua.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):format(
   _VERSION, sn._VERSION, cfg.threads, cfg.simd, cfg.blas_core))
 print("# lua rows: ms per call (x1e6 = ns); x_ref: speed relative to an empty Lua function call")
-print(ROW:format("kernel", "shape", "threads", "simd", "ms", "GFLOP/s", "GB/s", "x_ref", "ref"))
+util.header()
 
 -- ---- tiny ops: the fixed cost of crossing into C, checking and allocating -------------
 local CALLS = 100000 -- per sample: 1.1e6 timed calls per op

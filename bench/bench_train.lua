@@ -10,24 +10,14 @@
 --
 --   make bench    (runs it after bench_lua.lua, with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
+local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "util.lua")
+local row, median = util.row, util.median
 
 local core, now = sn.core, sn.clock
 local cfg = sn.config()
 local REPS, WARMUP, CALLS = 11, 2, 10
 local B, D, LAYERS = 256, 128, 4
 local LR, BETA1, BETA2, EPS, WD = 1e-3, 0.9, 0.999, 1e-8, 0.01
-
-local ROW = "%-18s %-22s %-7s %-7s %-9s %-8s %-7s %-6s %s"
-local function row(kernel, shape, seconds, flops, x_ref, ref)
-  print(ROW:format(kernel, shape, tostring(cfg.threads), cfg.simd, ("%.4g"):format(seconds * 1e3),
-                   flops and ("%.1f"):format(flops / seconds * 1e-9) or "-", "-",
-                   x_ref and ("%.2f"):format(x_ref) or "-", ref))
-end
-
-local function median(t)
-  table.sort(t)
-  return t[(#t + 1) // 2]
-end
 
 -- ---- the two implementations ------------------------------------------------------------
 
@@ -88,7 +78,7 @@ print()
 print(("# bench_train.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):format(
   _VERSION, sn._VERSION, cfg.threads, cfg.simd, cfg.blas_core))
 print(("# lua rows: ms per training step; x_ref: kernel-loop time / step time; %d steps per sample"):format(CALLS))
-print(ROW:format("kernel", "shape", "threads", "simd", "ms", "GFLOP/s", "GB/s", "x_ref", "ref"))
+util.header()
 
 local module_step, model = make_module_step(init, x, y)
 local kernel_step, W, b = make_kernel_step(init, x, y)
@@ -113,7 +103,6 @@ end
 local flops = 3 * 2 * B * D * D * LAYERS -- forward GEMMs and the two backward GEMMs per layer
 local function time_both(threads)
   sn.set_num_threads(threads)
-  cfg.threads = threads
   local t_mod, t_ker, ratios = {}, {}, {}
   for rep = 1, WARMUP + REPS do
     local t0 = now()
