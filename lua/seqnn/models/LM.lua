@@ -1,4 +1,4 @@
--- seqnn.models.LM{vocab_size = V [, d = 128, layers = 4, heads = 4, kv_heads = heads,
+-- seqnn.models.LM{vocab_size = V (or vocab = V) [, d = 128, layers = 4, heads = 4, kv_heads = heads,
 --                 context = 64, mixer = "attention", mlp = "gelu", norm = "layernorm",
 --                 positions = "rope", window, dropout = 0, bias = false, tie_weights = true,
 --                 rope_base = 10000]}: a decoder-only language model, ids (B,T) -> logits
@@ -27,7 +27,7 @@ local NAME = "seqnn.models.LM"
 local defaults = { d = 128, layers = 4, heads = 4, context = 64, mixer = "attention", mlp = "gelu",
                    norm = "layernorm", positions = "rope", dropout = 0, bias = false, tie_weights = true,
                    rope_base = 10000 }
-local optional = { vocab_size = true, kv_heads = true, window = true }
+local optional = { vocab_size = true, vocab = true, kv_heads = true, window = true }
 
 -- Raised from resolve, through __init and the class constructor, at the caller's line.
 local function fail(fmt, ...) error(NAME .. ": " .. fmt:format(...), 5) end
@@ -43,6 +43,13 @@ local function resolve(opts)
   end
   for k, v in pairs(defaults) do
     if config[k] == nil then config[k] = v end
+  end
+  -- `vocab` is the short spelling; the config (and checkpoint metadata) keep vocab_size.
+  if config.vocab ~= nil then
+    if config.vocab_size ~= nil and config.vocab_size ~= config.vocab then
+      fail("vocab %s and vocab_size %s disagree", tostring(config.vocab), tostring(config.vocab_size))
+    end
+    config.vocab_size, config.vocab = config.vocab, nil
   end
   config.kv_heads = config.kv_heads or config.heads
   for _, k in ipairs({ "vocab_size", "d", "layers", "heads", "kv_heads", "context" }) do
