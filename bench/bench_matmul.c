@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "bench.h"
+#include "simd/gemm.h"
 
 /* cblas_sgemm over `batch` matrices with element strides sa, sb, sc between them. With
  * `omp`, the batch is split over OpenMP threads: the alternative sn_matmul rejects. */
@@ -178,9 +179,52 @@ static void small(sn_ctx *ctx, int n) {
   for (int i = 0; i < 3; i++) sn_tensor_release(all[i]);
 }
 
+typedef struct {
+  int M, N, K;
+  const float *a, *b;
+  float *c;
+} own_args;
+
+static void run_own(void *p) {
+  own_args *g = p;
+  sn_sgemm_avx512(false, false, g->M, g->N, g->K, 1.0f, g->a, g->K, g->b, g->N, 0.0f, g->c, g->N);
+}
+
+/* seqnn's AVX-512 sgemm called directly against cblas_sgemm, at 1024^3 and the shapes of
+ * the small GPT's linear layers; checked against cblas first. */
+static void own_gemm(sn_ctx *ctx, int M, int N, int K) {
+  if (!sn_gemm_avx512_available()) return;
+  char shape[64];
+  snprintf(shape, sizeof shape, "%dx%d @ %dx%d", M, K, K, N);
+  sn_tensor a, b, c, ref;
+  if (!new_tensor(ctx, &a, 2, (int64_t[]){M, K}, 13) || !new_tensor(ctx, &b, 2, (int64_t[]){K, N}, 14) ||
+      !new_tensor(ctx, &c, 2, (int64_t[]){M, N}, 0) || !new_tensor(ctx, &ref, 2, (int64_t[]){M, N}, 0))
+    return;
+  own_args g = {M, N, K, sn_f32(&a), sn_f32(&b), sn_f32(&c)};
+  blas_args r = {.tb = CblasNoTrans, .M = M, .N = N, .K = K, .lda = K, .ldb = N, .batch = 1,
+                 .a = sn_f32(&a), .b = sn_f32(&b), .c = sn_f32(&ref)};
+  run_own(&g);
+  run_blas(&r);
+  for (int64_t i = 0; i < (int64_t)M * N; i++) {
+    if (!(fabsf(sn_f32(&c)[i] - sn_f32(&ref)[i]) <= 1e-4f * (1.0f + fabsf(sn_f32(&ref)[i])))) {
+      bench_mismatch("sgemm seqnn", shape, "differs from cblas_sgemm");
+      goto done;
+    }
+  }
+  double t, tref, flops = 2.0 * M * N * K, x = bench_time2(run_own, &g, run_blas, &r, &t, &tref);
+  bench_row("cblas_sgemm", shape, tref, flops, 0, 0, "(reference)");
+  bench_row("sgemm seqnn", shape, t, flops, 0, x, "cblas_sgemm");
+done:;
+  sn_tensor *all[] = {&a, &b, &c, &ref};
+  for (int i = 0; i < 4; i++) sn_tensor_release(all[i]);
+}
+
 void bench_matmul(void) {
   sn_ctx ctx;
   sn_ctx_init(&ctx);
+  own_gemm(&ctx, 1024, 1024, 1024);
+  own_gemm(&ctx, 768, 384, 128);
+  own_gemm(&ctx, 768, 128, 512);
   large(&ctx);
   small(&ctx, 64);
   small(&ctx, 8);

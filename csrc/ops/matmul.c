@@ -4,11 +4,34 @@
  * broadcast like numpy and out holds the broadcast batch shape.
  * An operand whose matrices have strides (ld, 1) goes to cblas_sgemm as NoTrans, one with
  * strides (1, ld) as Trans, both in place; any other layout is first copied contiguous
- * into the ctx workspace. */
+ * into the ctx workspace. On AVX-512 CPUs, large products go to sn_sgemm_avx512 instead:
+ * OpenBLAS 0.3.21 does not recognise them and runs its SSE3 kernel (SEQNN_GEMM=blas forces
+ * OpenBLAS, for comparison). */
 #include <cblas.h>
 #include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "seqnn.h"
+#include "simd/gemm.h"
+
+/* Each of M, N, K at least this for seqnn's sgemm: it packs both operands, which costs
+ * 1/M, 1/N of the work (generation's 1-row products ran 2x slower), and below it OpenBLAS's
+ * lower call overhead wins anyway. */
+#define OWN_GEMM_MIN 32
+
+/* Row-major C (ldc = N) = op(A) @ op(B), on seqnn's AVX-512 sgemm or OpenBLAS. */
+static void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, const float *A,
+                  int lda, const float *B, int ldb, float *C) {
+  if (M >= OWN_GEMM_MIN && N >= OWN_GEMM_MIN && K >= OWN_GEMM_MIN && sn_gemm_avx512_available()) {
+    const char *want = getenv("SEQNN_GEMM");
+    if (!want || strcmp(want, "blas") != 0) {
+      sn_sgemm_avx512(ta == CblasTrans, tb == CblasTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+      return;
+    }
+  }
+  cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+}
 
 /* One operand as sgemm sees it: base pointer, transpose flag and leading dim of its
  * matrices, and its batch strides over out's batch shape (0 = broadcast), with dims merged
@@ -209,8 +232,8 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
   bool a_stacked = op[0].trans == CblasNoTrans &&
                    (op[0].nd == 0 || (op[0].nd == 1 && op[0].stride[0] == M * op[0].ld));
   if (b_shared && a_stacked && nbatch * M <= INT_MAX) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, op[1].trans, (int)(nbatch * M), (int)N, (int)K, 1.0f,
-                op[0].data, (int)op[0].ld, op[1].data, (int)op[1].ld, 0.0f, c, (int)N);
+    sgemm(CblasNoTrans, op[1].trans, (int)(nbatch * M), (int)N, (int)K, op[0].data, (int)op[0].ld,
+          op[1].data, (int)op[1].ld, c);
     return SN_OK;
   }
   /* Sequential on purpose, even for many tiny matrices. Splitting the batch over OpenMP
@@ -219,8 +242,7 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
    * sgemm, whose pool threads still busy-wait, it was 1.4-16x slower (~6 ms more per
    * batch), and at 8^3..16^3 slower either way. Numbers in bench/README.md. */
   for (int64_t i = 0; i < nbatch; i++)
-    cblas_sgemm(CblasRowMajor, op[0].trans, op[1].trans, (int)M, (int)N, (int)K, 1.0f,
-                op[0].data + batch_offset(&op[0], i), (int)op[0].ld,
-                op[1].data + batch_offset(&op[1], i), (int)op[1].ld, 0.0f, c + i * M * N, (int)N);
+    sgemm(op[0].trans, op[1].trans, (int)M, (int)N, (int)K, op[0].data + batch_offset(&op[0], i),
+          (int)op[0].ld, op[1].data + batch_offset(&op[1], i), (int)op[1].ld, c + i * M * N);
   return SN_OK;
 }

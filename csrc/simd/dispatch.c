@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simd/gemm.h"
 #include "simd/vec.h"
 
 /* Valid before the constructor runs too, so no caller ever sees NULL. */
@@ -33,3 +34,7 @@ void sn_vec_init(void) {
 __attribute__((constructor)) static void init_at_load(void) { sn_vec_init(); }
 
 const char *sn_simd_level(void) { return sn_vec->name; }
+
+/* Here, not in gemm_avx512.c: that file is built with AVX-512 flags and must not run on
+ * CPUs without it. */
+bool sn_gemm_avx512_available(void) { return sn_vec == &sn_vec_avx512; }
