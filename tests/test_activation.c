@@ -8,13 +8,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(activation, .init = setup, .fini = teardown);
+TU_SUITE(activation);
 
 static double f_naive(sn_unop op, double x) {
   switch (op) {

@@ -91,10 +91,7 @@ static void reference(const cfg *c, int64_t nseq, const int64_t *cq, const int64
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) { sn_ctx_free(&ctx); }
-TestSuite(attention, .init = setup, .fini = teardown);
+TU_SUITE(attention);
 
 static sn_tensor t4(int64_t a, int64_t b, int64_t c, int64_t d, uint32_t seed) {
   sn_tensor t = tu_empty(&ctx, SN_F32, 4, (int64_t[]){a, b, c, d});

@@ -8,13 +8,7 @@
 #include "simdutil.h"
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(elementwise, .init = setup, .fini = teardown);
+TU_SUITE(elementwise);
 
 static const int64_t sizes[] = {1, 7, 15, 17, 33, 1000003}; /* around 8- and 16-lane tails */
 

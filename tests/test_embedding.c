@@ -7,13 +7,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(embedding, .init = setup, .fini = teardown);
+TU_SUITE(embedding);
 
 static void fill_ids(sn_tensor *ids, int64_t V, uint32_t seed) {
   uint32_t s = seed;

@@ -6,10 +6,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) { sn_ctx_free(&ctx); }
-TestSuite(matmul, .init = setup, .fini = teardown);
+TU_SUITE(matmul);
 
 /* Element (batch index `bi` over out's batch shape, r, c) of operand t, broadcasting its
  * batch dims against out's nb batch dims. */

@@ -8,13 +8,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(norm, .init = setup, .fini = teardown);
+TU_SUITE(norm);
 
 static const int64_t rows_list[] = {1, 3, 37};
 static const int64_t cols_list[] = {1, 7, 33, 65, 1000};

@@ -5,13 +5,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(optim, .init = setup, .fini = teardown);
+TU_SUITE(optim);
 
 /* The first step by hand: m = 0.1 g, v = 0.001 g^2, bias corrections 0.1 and 0.001 make
  * mhat = g and vhat = g^2, so p = p (1 - lr wd) - lr g / (|g| + eps). */

@@ -7,13 +7,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(rope, .init = setup, .fini = teardown);
+TU_SUITE(rope);
 
 /* y = R(sign * p * theta) x per head, written for clarity: x is read through tu_get. */
 static void rope_naive(double *y, const sn_tensor *x, int64_t offset, double base, double sign) {

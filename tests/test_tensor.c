@@ -5,13 +5,7 @@
 
 #include "testutil.h"
 
-static sn_ctx ctx;
-static void setup(void) { sn_ctx_init(&ctx); }
-static void teardown(void) {
-  cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes);
-  sn_ctx_free(&ctx);
-}
-TestSuite(tensor, .init = setup, .fini = teardown);
+TU_SUITE(tensor);
 
 static sn_tensor arange(int ndim, const int64_t *size) {
   sn_tensor t = tu_empty(&ctx, SN_F32, ndim, size);

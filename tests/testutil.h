@@ -9,6 +9,17 @@
 
 #include "seqnn.h"
 
+/* A test suite with a fresh context per test (`ctx`), checking at the end of every test
+ * that each storage it made was released. */
+#define TU_SUITE(name)                                                                          \
+  static sn_ctx ctx;                                                                            \
+  static void setup(void) { sn_ctx_init(&ctx); }                                                \
+  static void teardown(void) {                                                                  \
+    cr_expect_eq(ctx.live_bytes, 0, "every storage released (live %lld)", (long long)ctx.live_bytes); \
+    sn_ctx_free(&ctx);                                                                          \
+  }                                                                                             \
+  TestSuite(name, .init = setup, .fini = teardown)
+
 /* A contiguous tensor of the given shape; fails the test on error. */
 static inline sn_tensor tu_empty(sn_ctx *ctx, sn_dtype dt, int ndim, const int64_t *size) {
   sn_tensor t;

@@ -7,8 +7,6 @@ local autograd = require "seqnn.autograd"
 local record, tracked, unbroadcast = autograd.record, autograd.tracked, autograd.unbroadcast
 local state = autograd.state
 
-local function shape_of(x) return type(x) == "userdata" and x:shape() or nil end
-
 return function(sn)
   local T, mt = sn.Tensor, core.metatable
 
@@ -19,64 +17,29 @@ return function(sn)
   end
 
   -- ---- arithmetic -------------------------------------------------------------------
-  local cadd, csub, cmul, cdiv, cpow = core.add, core.sub, core.mul, core.div, core.pow
-
-  install("add", function(a, b)
-    local y = cadd(a, b)
-    if state.enabled and (tracked(a) or tracked(b)) then
-      local sa, sb = shape_of(a), shape_of(b)
-      record("add", { a, b, n = 2 }, y, function(g)
-        return sa and unbroadcast(g, sa), sb and unbroadcast(g, sb)
-      end)
-    end
-    return y
-  end, "__add")
-
-  install("sub", function(a, b)
-    local y = csub(a, b)
-    if state.enabled and (tracked(a) or tracked(b)) then
-      local sa, sb = shape_of(a), shape_of(b)
-      record("sub", { a, b, n = 2 }, y, function(g)
-        return sa and unbroadcast(g, sa), sb and unbroadcast(-g, sb)
-      end)
-    end
-    return y
-  end, "__sub")
-
-  install("mul", function(a, b)
-    local y = cmul(a, b)
-    if state.enabled and (tracked(a) or tracked(b)) then
-      local sa, sb = shape_of(a), shape_of(b)
-      record("mul", { a, b, n = 2 }, y, function(g)
-        return sa and unbroadcast(g * b, sa), sb and unbroadcast(g * a, sb)
-      end)
-    end
-    return y
-  end, "__mul")
-
-  install("div", function(a, b)
-    local y = cdiv(a, b)
-    if state.enabled and (tracked(a) or tracked(b)) then
-      local sa, sb = shape_of(a), shape_of(b)
-      record("div", { a, b, n = 2 }, y, function(g)
-        return sa and unbroadcast(g / b, sa), sb and unbroadcast(-(g * y) / b, sb)
-      end)
-    end
-    return y
-  end, "__div")
-
-  install("pow", function(a, b)
-    local y = cpow(a, b)
-    if state.enabled and (tracked(a) or tracked(b)) then
-      local sa, sb = shape_of(a), shape_of(b)
-      record("pow", { a, b, n = 2 }, y, function(g)
-        local ga = sa and unbroadcast(g * b * cpow(a, b - 1), sa)
-        local gb = sb and unbroadcast(g * y * (type(a) == "number" and math.log(a) or a:log()), sb)
-        return ga, gb
-      end)
-    end
-    return y
-  end, "__pow")
+  -- a op b, either side possibly a number. grad_a(g, a, b, y) and grad_b(g, a, b, y) give
+  -- the gradients before the broadcast dims are summed away; each runs only for an operand
+  -- that takes part, so x * constant_tensor does no work for the constant.
+  local function binary(name, metamethod, grad_a, grad_b)
+    local c = core[name]
+    install(name, function(a, b)
+      local y = c(a, b)
+      if state.enabled and (tracked(a) or tracked(b)) then
+        record(name, { a, b, n = 2 }, y, function(g)
+          return tracked(a) and unbroadcast(grad_a(g, a, b, y), a:shape()) or nil,
+                 tracked(b) and unbroadcast(grad_b(g, a, b, y), b:shape()) or nil
+        end)
+      end
+      return y
+    end, metamethod)
+  end
+  local function pass(g) return g end
+  binary("add", "__add", pass, pass)
+  binary("sub", "__sub", pass, function(g) return -g end)
+  binary("mul", "__mul", function(g, _, b) return g * b end, function(g, a) return g * a end)
+  binary("div", "__div", function(g, _, b) return g / b end, function(g, _, b, y) return -(g * y) / b end)
+  binary("pow", "__pow", function(g, a, b) return g * b * core.pow(a, b - 1) end,
+    function(g, a, _, y) return g * y * (type(a) == "number" and math.log(a) or a:log()) end)
 
   local cneg = core.neg
   local function neg(a)
