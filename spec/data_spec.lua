@@ -4,11 +4,8 @@ local sn = require "seqnn"
 local D = sn.data
 
 -- The message of the error fn raises; fn must not tail-call, so that levels are real.
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
 -- Checks that fn raises, at the caller's line in this file, a message containing each part.
 local function raises(fn, ...)

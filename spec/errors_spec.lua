@@ -3,11 +3,8 @@
 -- contract and by their important words elsewhere.
 local sn = require "seqnn"
 
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
 local function has(fn, ...)
   local msg = err_of(fn)

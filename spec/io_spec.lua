@@ -34,11 +34,8 @@ local function st_bytes(header, data)
   return string.pack("<I8", #header) .. header .. (data or "")
 end
 
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
 describe("seqnn.save / seqnn.load", function()
   local dir

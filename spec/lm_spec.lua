@@ -5,11 +5,8 @@ local sn = require "seqnn"
 local gradcheck = sn.autograd.gradcheck
 local GC = { eps = 1e-2, atol = 3e-3, rtol = 2e-2 } -- f32: a large finite-difference step
 
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
 local function has(msg, text) assert.is_truthy(msg:find(text, 1, true), ("%q does not contain %q"):format(msg, text)) end
 

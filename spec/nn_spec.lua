@@ -7,19 +7,10 @@ local gradcheck = sn.autograd.gradcheck
 local GC = { eps = 1e-2, atol = 2e-3, rtol = 1e-2 } -- f32: a large finite-difference step
 
 -- The message of the error fn raises; fn must not tail-call, so that levels are real.
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
--- fn raises, at the caller's line in this file, exactly `expected` after the position.
-local function raises(fn, expected)
-  local msg = err_of(fn)
-  local pos, rest = msg:match("^(.-nn_spec%.lua:%d+: )(.*)$")
-  if not pos then error(("message %q does not point at the caller's line"):format(msg), 2) end
-  if rest ~= expected then error(("message %q, expected %q"):format(rest, expected), 2) end
-end
+local raises = helpers.raises_in("nn_spec.lua")
 
 -- Sets a tensor's values from a nested Lua table, outside autograd.
 local function set(t, values)

@@ -4,19 +4,10 @@
 local sn = require "seqnn"
 local optim, nn = sn.optim, sn.nn
 
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
--- fn raises, at the caller's line in this file, exactly `expected` after the position.
-local function raises(fn, expected)
-  local msg = err_of(fn)
-  local pos, rest = msg:match("^(.-optim_spec%.lua:%d+: )(.*)$")
-  if not pos then error(("message %q does not point at the caller's line"):format(msg), 2) end
-  if rest ~= expected then error(("message %q, expected %q"):format(rest, expected), 2) end
-end
+local raises = helpers.raises_in("optim_spec.lua")
 
 local function flat(t) return t:reshape(-1):totable() end
 

@@ -2,11 +2,8 @@
 -- metrics log, progress lines, checkpoints, plots, sampling and flag parsing.
 local sn = require "seqnn"
 
-local function err_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local helpers = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "helpers.lua")
+local err_of = helpers.err_of
 
 local function tmpdir()
   local path = os.tmpname()
