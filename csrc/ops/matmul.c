@@ -9,8 +9,6 @@
  * OpenBLAS, for comparison). */
 #include <cblas.h>
 #include <limits.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "seqnn.h"
 #include "simd/gemm.h"
@@ -24,11 +22,8 @@
 static void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, const float *A,
                   int lda, const float *B, int ldb, float *C) {
   if (M >= OWN_GEMM_MIN && N >= OWN_GEMM_MIN && K >= OWN_GEMM_MIN && sn_gemm_avx512_available()) {
-    const char *want = getenv("SEQNN_GEMM");
-    if (!want || strcmp(want, "blas") != 0) {
-      sn_sgemm_avx512(ta == CblasTrans, tb == CblasTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
-      return;
-    }
+    sn_sgemm_avx512(ta == CblasTrans, tb == CblasTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+    return;
   }
   cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
 }

@@ -7,6 +7,9 @@
 
 /* Valid before the constructor runs too, so no caller ever sees NULL. */
 const sn_vec_ops *sn_vec = &sn_vec_scalar;
+/* seqnn's own sgemm serves large products on AVX-512 unless SEQNN_GEMM=blas: read here,
+ * once, not on every product. */
+static bool own_gemm;
 
 enum { LEVEL_SCALAR, LEVEL_AVX2, LEVEL_AVX512 };
 
@@ -29,6 +32,8 @@ void sn_vec_init(void) {
   if (want && strcmp(want, "scalar") == 0) level = LEVEL_SCALAR;
   else if (want && strcmp(want, "avx2") == 0 && level > LEVEL_AVX2) level = LEVEL_AVX2;
   sn_vec = level == LEVEL_AVX512 ? &sn_vec_avx512 : level == LEVEL_AVX2 ? &sn_vec_avx2 : &sn_vec_scalar;
+  const char *gemm = getenv("SEQNN_GEMM");
+  own_gemm = level == LEVEL_AVX512 && !(gemm && strcmp(gemm, "blas") == 0);
 }
 
 __attribute__((constructor)) static void init_at_load(void) { sn_vec_init(); }
@@ -37,4 +42,4 @@ const char *sn_simd_level(void) { return sn_vec->name; }
 
 /* Here, not in gemm_avx512.c: that file is built with AVX-512 flags and must not run on
  * CPUs without it. */
-bool sn_gemm_avx512_available(void) { return sn_vec == &sn_vec_avx512; }
+bool sn_gemm_avx512_available(void) { return own_gemm; }

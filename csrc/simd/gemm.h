@@ -1,6 +1,7 @@
 /* simd/gemm.h -- internal: seqnn's own sgemm for AVX-512 CPUs, which OpenBLAS 0.3.21 does
  * not recognise (it falls back to its SSE3 kernel there). sn_matmul calls it when
- * sn_gemm_avx512_available() and the product is large enough; OpenBLAS does the rest. */
+ * sn_gemm_avx512_available() (AVX-512, and SEQNN_GEMM is not "blas") and the product is
+ * large enough; OpenBLAS does the rest. */
 #ifndef SN_SIMD_GEMM_H
 #define SN_SIMD_GEMM_H
 
