@@ -337,7 +337,7 @@ sn_status sn_expand(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src, int ndim,
                    sn_shape_str(src, s, sizeof s), ndim);
   memcpy(want.size, size, sizeof(int64_t) * (size_t)ndim);
   int lead = ndim - src->ndim;
-  int64_t nsize[SN_MAX_DIMS], nstride[SN_MAX_DIMS];
+  int64_t nsize[SN_MAX_DIMS] = {0}, nstride[SN_MAX_DIMS] = {0};
   for (int d = 0; d < ndim; d++) {
     int64_t target = size[d];
     if (d < lead) {
@@ -448,7 +448,7 @@ static void copy_run(void *dst, sn_dtype dt, int64_t ds, const void *src, sn_dty
 /* Copies a transposed layout (the source is contiguous along the destination's rows, not
  * its columns) in TILE x TILE blocks, so both sides stay in cache; a plain strided walk
  * would touch a new source cache line for every element. */
-static void transpose_tiles(const sn_strided2 *it, char *dbase, const char *sbase, size_t esz) {
+static void transpose_tiles(const sn_strided2 *it, void *dbase, const void *sbase, size_t esz) {
   int last = it->ndim - 1;
   int64_t rows = it->size[last], cols = it->inner, batches = it->rows / rows;
   int64_t drs = it->stride[0][last], scs = it->inner_stride[1];
@@ -514,7 +514,7 @@ sn_status sn_copy(sn_ctx *ctx, sn_tensor *dst, const sn_tensor *src) {
 sn_status sn_fill(sn_ctx *ctx, sn_tensor *t, double value) {
   sn_strided2 it;
   sn_strided2_init(&it, t, t);
-  char *base = sn_data(t);
+  void *base = sn_data(t);
   int64_t s = it.inner_stride[0];
 #pragma omp parallel for schedule(static) if (sn_numel(t) > (1 << 16))
   for (int64_t task = 0; task < it.tasks; task++) {

@@ -123,7 +123,7 @@ typedef struct {
 } shapes;
 
 static shapes shapes_of(const sn_tensor *a, const sn_tensor *b, const sn_tensor *out) {
-  shapes s;
+  shapes s = {{0}, {0}, {0}};
   sn_shape_str(a, s.a, sizeof s.a);
   sn_shape_str(b, s.b, sizeof s.b);
   sn_shape_str(out, s.out, sizeof s.out);
@@ -132,18 +132,17 @@ static shapes shapes_of(const sn_tensor *a, const sn_tensor *b, const sn_tensor 
 
 sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_tensor *b) {
   const char *fn = "seqnn.matmul";
-  shapes s;
   if (a->dtype != SN_F32 || b->dtype != SN_F32 || out->dtype != SN_F32)
     return sn_fail(ctx, SN_EINVAL, "%s: a, b and out must be f32, got a %s, b %s, out %s", fn,
                    sn_dtype_name(a->dtype), sn_dtype_name(b->dtype), sn_dtype_name(out->dtype));
   if (a->ndim < 2 || b->ndim < 2 || out->ndim < 2) {
-    s = shapes_of(a, b, out);
+    shapes s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: a, b and out need at least 2 dims (a: %s, b: %s, out: %s)",
                    fn, s.a, s.b, s.out);
   }
   int64_t M = a->size[a->ndim - 2], K = a->size[a->ndim - 1], N = b->size[b->ndim - 1];
   if (b->size[b->ndim - 2] != K) {
-    s = shapes_of(a, b, out);
+    shapes s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: a is %s but b is %s (inner dims %lld and %lld differ)", fn,
                    s.a, s.b, (long long)K, (long long)b->size[b->ndim - 2]);
   }
@@ -155,7 +154,7 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
     int da = d - (nb - (a->ndim - 2)), db = d - (nb - (b->ndim - 2));
     int64_t x = da >= 0 ? a->size[da] : 1, y = db >= 0 ? b->size[db] : 1;
     if (x != y && x != 1 && y != 1) {
-      s = shapes_of(a, b, out);
+      shapes s = shapes_of(a, b, out);
       return sn_fail(ctx, SN_EINVAL, "%s: the batch dims of a (%s) and b (%s) do not broadcast "
                      "(%lld vs %lld)", fn, s.a, s.b, (long long)x, (long long)y);
     }
@@ -169,22 +168,22 @@ sn_status sn_matmul(sn_ctx *ctx, sn_tensor *out, const sn_tensor *a, const sn_te
     for (int d = 0; d < nb; d++) want.size[d] = bsize[d];
     want.size[nb] = M, want.size[nb + 1] = N;
     char sw[128];
-    s = shapes_of(a, b, out);
+    shapes s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: out is %s but a %s @ b %s gives %s", fn, s.out, s.a, s.b,
                    sn_shape_str(&want, sw, sizeof sw));
   }
   if (!sn_is_contiguous(out)) {
-    s = shapes_of(a, b, out);
+    shapes s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: out (%s) must be contiguous", fn, s.out);
   }
   bool over_a = overlaps(out, a);
   if (over_a || overlaps(out, b)) {
-    s = shapes_of(a, b, out);
+    shapes s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: out (%s) shares memory with %s (%s); write to a new tensor",
                    fn, s.out, over_a ? "a" : "b", over_a ? s.a : s.b);
   }
   if (M > INT_MAX || N > INT_MAX || K > INT_MAX) {
-    s = shapes_of(a, b, out);
+    shapes s = shapes_of(a, b, out);
     return sn_fail(ctx, SN_EINVAL, "%s: a %s @ b %s has a matrix dim above 2^31-1, beyond BLAS",
                    fn, s.a, s.b);
   }
