@@ -23,17 +23,74 @@
 /* Below this many multiply-adds one thread is faster than waking a second one. */
 #define PARALLEL_MIN (128 * 128 * 128)
 
+static __mmask16 cols_mask(int64_t n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* In-register transpose: r[i] lane j becomes r[j] lane i. Unpacks pair rows, shuffle_ps
+ * forms 4x4 blocks inside each 128-bit lane, shuffle_f32x4 moves the blocks into place. */
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; j++) {
+    __m512 v = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), w = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88), w2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_f32x4(v, v2, 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(v, v2, 0xDD);
+    r[4 + j] = _mm512_shuffle_f32x4(w, w2, 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(w, w2, 0xDD);
+  }
+}
+
+/* Writes the transpose of a rows x kc block (row i at src + i*ld, contiguous along k;
+ * rows <= 16) k-major: dst[k*dstride + i], lanes i < 16 under `lanes`, rows past `rows`
+ * zero. Used where packing must turn rows into columns: A as stored, B transposed. */
+static void pack_transposed(float *dst, int64_t dstride, __mmask16 lanes, const float *src,
+                            int64_t ld, int64_t rows, int64_t kc) {
+  for (int64_t k = 0; k < kc; k += 16) {
+    int64_t kn = kc - k < 16 ? kc - k : 16;
+    __mmask16 m = cols_mask(kn);
+    __m512 r[16];
+    for (int64_t i = 0; i < 16; i++)
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + i * ld + k) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int64_t q = 0; q < kn; q++) _mm512_mask_storeu_ps(dst + (k + q) * dstride, lanes, r[q]);
+  }
+}
+
+/* Writes rows [0, kc) of a matrix whose rows are contiguous (row k at src + k*ld) as
+ * width-float rows of dst, columns [0, cols) copied and the rest zero (width 14 or 32). */
+static void pack_copied(float *dst, int64_t width, const float *src, int64_t ld, int64_t cols,
+                        int64_t kc) {
+  __mmask16 m0 = cols_mask(cols), m1 = cols_mask(cols - 16);
+  __mmask16 w0 = cols_mask(width), w1 = cols_mask(width - 16);
+  for (int64_t k = 0; k < kc; k++) {
+    const float *s = src + k * ld;
+    _mm512_mask_storeu_ps(dst, w0, _mm512_maskz_loadu_ps(m0, s));
+    if (width > 16) _mm512_mask_storeu_ps(dst + 16, w1, _mm512_maskz_loadu_ps(m1, s + 16));
+    dst += width;
+  }
+}
+
 /* Packs rows [0, mc) x cols [0, kc) of op(A) into MR-row micro-panels, k-major within a
  * panel (MR floats per k), rows past mc zero. */
 static void pack_a(float *dst, bool ta, const float *A, int64_t lda, int64_t mc, int64_t kc) {
   for (int64_t i0 = 0; i0 < mc; i0 += MR) {
     int64_t mr = mc - i0 < MR ? mc - i0 : MR;
-    for (int64_t k = 0; k < kc; k++) {
-      for (int64_t i = 0; i < mr; i++)
-        dst[i] = ta ? A[k * lda + i0 + i] : A[(i0 + i) * lda + k];
-      for (int64_t i = mr; i < MR; i++) dst[i] = 0.0f;
-      dst += MR;
-    }
+    if (ta)
+      pack_copied(dst, MR, A + i0, lda, mr, kc);
+    else
+      pack_transposed(dst, MR, cols_mask(MR), A + i0 * lda, lda, mr, kc);
+    dst += MR * kc;
   }
 }
 
@@ -42,18 +99,16 @@ static void pack_a(float *dst, bool ta, const float *A, int64_t lda, int64_t mc,
 static void pack_b(float *dst, bool tb, const float *B, int64_t ldb, int64_t kc, int64_t nc) {
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     int64_t nr = nc - j0 < NR ? nc - j0 : NR;
-    for (int64_t k = 0; k < kc; k++) {
-      for (int64_t j = 0; j < nr; j++)
-        dst[j] = tb ? B[(j0 + j) * ldb + k] : B[k * ldb + j0 + j];
-      for (int64_t j = nr; j < NR; j++) dst[j] = 0.0f;
-      dst += NR;
+    if (tb) {
+      pack_transposed(dst, NR, 0xFFFF, B + j0 * ldb, ldb, nr, kc);
+      pack_transposed(dst + 16, NR, 0xFFFF, B + (j0 + 16) * ldb, ldb, nr - 16, kc);
+    } else {
+      pack_copied(dst, NR, B + j0, ldb, nr, kc);
     }
+    dst += NR * kc;
   }
 }
 
-static __mmask16 cols_mask(int64_t n) {
-  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-}
 
 /* C[0..mr) x [0..nr) = alpha * (packed a panel @ packed b panel) + beta * C; C not read
  * when beta == 0. */
@@ -112,6 +167,20 @@ static void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float
   }
 }
 
+/* The calling thread's packing buffer, kept between calls and grown when needed: a fresh
+ * allocation per call page-faulted ~1 MiB each time, which cost a model's small products
+ * a third of their time. One per calling thread, so concurrent callers never share. */
+static float *pack_buffer(size_t floats) {
+  static _Thread_local float *buf;
+  static _Thread_local size_t cap;
+  if (floats > cap) {
+    free(buf);
+    buf = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+    cap = buf ? floats : 0;
+  }
+  return buf;
+}
+
 void sn_sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                      float *C, int64_t ldc) {
@@ -129,7 +198,7 @@ void sn_sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float al
   int64_t units = (len + unit - 1) / unit;
   if (nt > units) nt = (int)units;
   int64_t nb_max = (N < NC ? N : NC) + NR, pa_len = (int64_t)MC * KC, pb_len = KC * nb_max;
-  float *buf = aligned_alloc(64, (size_t)nt * (pa_len + pb_len) * sizeof(float));
+  float *buf = pack_buffer((size_t)nt * (pa_len + pb_len));
   if (!buf) { /* no memory for packing: let OpenBLAS do it in place */
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
@@ -150,5 +219,4 @@ void sn_sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float al
                     C + lo, ldc, pa, pb);
     }
   }
-  free(buf);
 }
