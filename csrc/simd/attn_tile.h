@@ -14,22 +14,31 @@ typedef int32_t vi __attribute__((vector_size(64)));
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* Rows per block for narrow products: 8 x 2 vectors fill 16 of AVX-512's 32 registers;
+ * with 16 ymm registers (each vector here is two) 2 rows already take 8. */
+#ifdef __AVX512F__
+#define NARROW_ROWS 8
+#else
+#define NARROW_ROWS 2
+#endif
+
 /* Macros, not functions: no vector is passed or returned by value, so the ABI of the
  * builds without AVX-512 never matters. */
 #define ld(p) (*(const vfu *)(p))
 #define st(p, v) (*(vfu *)(p) = (v))
-#define splat(a) ((vf){0} + (a))
+/* a - 0 is a for every float (a + 0 is not, for a = -0), so this folds to a broadcast. */
+#define splat(a) ((a) - (vf){0})
 
 /* The register block of mm: R rows x V vectors of C, accumulated over k in registers. */
 INLINE void mm_block(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks,
                      const float *B, int64_t ldb, int K, float alpha, bool acc, int R, int V) {
-  vf c[4][4] = {{{0}}};
+  vf c[8][4] = {{{0}}};
   for (int k = 0; k < K; k++) {
     const float *b = B + k * ldb;
     vf bv[4];
 #pragma GCC unroll 4
     for (int v = 0; v < V; v++) bv[v] = ld(b + v * ATTN_W);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
       vf a = splat(A[r * ars + k * aks]);
 #pragma GCC unroll 4
@@ -37,7 +46,7 @@ INLINE void mm_block(float *C, int64_t ldc, const float *A, int64_t ars, int64_t
     }
   }
   vf al = splat(alpha);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
     for (int v = 0; v < V; v++) {
@@ -46,39 +55,40 @@ INLINE void mm_block(float *C, int64_t ldc, const float *A, int64_t ars, int64_t
     }
 }
 
-/* Rows in blocks of 4 (then 1), columns in blocks of 4 vectors (then 1): each block
- * function is a separate instantiation with its accumulators in registers. */
-static void mm_4x4(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks, const float *B,
-                   int64_t ldb, int K, float alpha, bool acc) {
-  mm_block(C, ldc, A, ars, aks, B, ldb, K, alpha, acc, 4, 4);
-}
-static void mm_4x1(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks, const float *B,
-                   int64_t ldb, int K, float alpha, bool acc) {
-  mm_block(C, ldc, A, ars, aks, B, ldb, K, alpha, acc, 4, 1);
-}
-static void mm_1x4(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks, const float *B,
-                   int64_t ldb, int K, float alpha, bool acc) {
-  mm_block(C, ldc, A, ars, aks, B, ldb, K, alpha, acc, 1, 4);
-}
-static void mm_1x1(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks, const float *B,
-                   int64_t ldb, int K, float alpha, bool acc) {
-  mm_block(C, ldc, A, ars, aks, B, ldb, K, alpha, acc, 1, 1);
-}
+/* Each block shape is a separate instantiation with its accumulators in registers. */
+#define MM_BLOCK(NAME, R, V)                                                                    \
+  static void NAME(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks,     \
+                           const float *B, int64_t ldb, int K, float alpha, bool acc) {         \
+    mm_block(C, ldc, A, ars, aks, B, ldb, K, alpha, acc, R, V);                                \
+  }
+MM_BLOCK(mm_4x4, 4, 4)
+MM_BLOCK(mm_1x4, 1, 4)
+MM_BLOCK(mm_narrow2, NARROW_ROWS, 2)
+MM_BLOCK(mm_narrow1, NARROW_ROWS, 1)
+MM_BLOCK(mm_1x2, 1, 2)
+MM_BLOCK(mm_1x1, 1, 1)
 
+/* Columns in blocks of 4 vectors with rows in blocks of 4; the last 1-3 vectors of columns
+ * (all of them when N is a head dim of 16 or 32) with rows in blocks of NARROW_ROWS, so
+ * that there are still enough independent accumulators to hide the FMA latency. */
 static void mm(float *C, int64_t ldc, const float *A, int64_t ars, int64_t aks, const float *B,
                int64_t ldb, int M, int N, int K, float alpha, bool acc) {
-  int i = 0;
-  for (; i + 4 <= M; i += 4) {
-    int j = 0;
-    for (; j + 4 * ATTN_W <= N; j += 4 * ATTN_W)
-      mm_4x4(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
-    for (; j < N; j += ATTN_W) mm_4x1(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
+  int n4 = N / (4 * ATTN_W) * (4 * ATTN_W), i = 0;
+  if (n4 > 0) {
+    for (; i + 4 <= M; i += 4)
+      for (int j = 0; j < n4; j += 4 * ATTN_W)
+        mm_4x4(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
+    for (; i < M; i++)
+      for (int j = 0; j < n4; j += 4 * ATTN_W)
+        mm_1x4(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
   }
-  for (; i < M; i++) {
-    int j = 0;
-    for (; j + 4 * ATTN_W <= N; j += 4 * ATTN_W)
-      mm_1x4(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
-    for (; j < N; j += ATTN_W) mm_1x1(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
+  for (int j = n4; j < N;) {
+    bool two = N - j >= 2 * ATTN_W;
+    for (i = 0; i + NARROW_ROWS <= M; i += NARROW_ROWS)
+      (two ? mm_narrow2 : mm_narrow1)(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
+    for (; i < M; i++)
+      (two ? mm_1x2 : mm_1x1)(C + i * ldc + j, ldc, A + i * ars, ars, aks, B + j, ldb, K, alpha, acc);
+    j += two ? 2 * ATTN_W : ATTN_W;
   }
 }
 
