@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simdutil.h"
 #include "testutil.h"
 
 TU_SUITE(activation);
@@ -36,6 +37,8 @@ static double df_naive(sn_unop op, double x) {
 Test(activation, backward_matches_derivative_and_finite_differences) {
   const sn_unop ops[] = {SN_GELU, SN_SILU, SN_SOFTPLUS, SN_TANH, SN_SIGMOID};
   const int64_t sizes[] = {1, 7, 33, 65, 1000, 70001}; /* the last spans two threaded chunks */
+  for (int lv = 0, nlv = level_count(); lv < nlv; lv++) {
+  use_level(lv);
   for (size_t o = 0; o < 5; o++)
     for (size_t k = 0; k < 6; k++) {
       sn_unop op = ops[o];
@@ -60,10 +63,37 @@ Test(activation, backward_matches_derivative_and_finite_differences) {
       }
       cr_expect_leq(worst_fd, 1.0, "%s n=%lld: derivative vs finite differences", sn_unop_name(op), (long long)n);
       /* tanh/sigmoid go through the f32 y: 1 - y^2 carries y's rounding. */
-      cr_expect_leq(tu_max_scaled_err(&gx, ref, 1e-6, 1e-4), 1.0, "%s n=%lld", sn_unop_name(op), (long long)n);
+      cr_expect_leq(tu_max_scaled_err(&gx, ref, 1e-6, 1e-4), 1.0, "%s n=%lld simd %s", sn_unop_name(op), (long long)n,
+                    sn_simd_level());
       free(ref);
       sn_tensor_release(&x), sn_tensor_release(&in), sn_tensor_release(&gy), sn_tensor_release(&gx);
     }
+  }
+  restore_level();
+}
+
+/* GELU' at the ends of the range: 1 at +inf, 0 at -inf (not inf * 0), NaN stays NaN; on
+ * every table, through the masked tail (n = 5) and a full vector (n = 21). */
+Test(activation, gelu_backward_at_infinities_and_nan) {
+  const float xs[] = {INFINITY, -INFINITY, NAN, 40.0f, -40.0f};
+  for (int lv = 0, nlv = level_count(); lv < nlv; lv++) {
+    use_level(lv);
+    for (int64_t n = 5; n <= 21; n += 16) {
+      sn_tensor x = tu_empty(&ctx, SN_F32, 1, &n), gy = tu_empty(&ctx, SN_F32, 1, &n), gx = tu_empty(&ctx, SN_F32, 1, &n);
+      for (int64_t i = 0; i < n; i++) sn_f32(&x)[i] = xs[i % 5], sn_f32(&gy)[i] = 2.0f;
+      cr_assert_eq(sn_activation_bwd(&ctx, &gx, &gy, &x, SN_GELU), SN_OK, "%s", ctx.err);
+      for (int64_t i = 0; i < n; i++) {
+        float got = sn_f32(&gx)[i];
+        switch (i % 5) {
+        case 0: case 3: cr_expect_eq(got, 2.0f, "x = %g simd %s: got %g", xs[i % 5], sn_simd_level(), got); break;
+        case 1: case 4: cr_expect_eq(got, 0.0f, "x = %g simd %s: got %g", xs[i % 5], sn_simd_level(), got); break;
+        default: cr_expect(isnan(got), "x = NaN simd %s: got %g", sn_simd_level(), got);
+        }
+      }
+      sn_tensor_release(&x), sn_tensor_release(&gy), sn_tensor_release(&gx);
+    }
+  }
+  restore_level();
 }
 
 Test(activation, rejects_ops_without_a_fused_backward) {

@@ -1,7 +1,7 @@
 /* kernels/activation.c -- gx = gy * f'(x) for gelu, silu, softplus, tanh and sigmoid (math
  * in seqnn.h). The element range is cut into fixed chunks shared among threads; a chunk is
- * walked in stack tiles: the transcendental (sigmoid, exp, gelu) of a tile goes through
- * sn_vec, then a plain loop combines it with gy. */
+ * walked in stack tiles: the transcendental (sigmoid) of a tile goes through sn_vec, then
+ * a plain loop combines it with gy; GELU's derivative is one fused sn_vec entry. */
 #include <math.h>
 #include <stdio.h>
 
@@ -11,11 +11,8 @@
 #define TILE 256
 #define CHUNK 65536
 
-/* 1/sqrt(2*pi): phi(x) = exp(-x^2/2) / sqrt(2*pi). */
-#define INV_SQRT_2PI 0.39894228040143267794f
-
 static void tile_bwd(sn_unop op, float *gx, const float *gy, const float *in, int64_t n) {
-  float s[TILE], e[TILE];
+  float s[TILE];
   switch (op) {
   case SN_TANH:
 #pragma omp simd
@@ -35,19 +32,7 @@ static void tile_bwd(sn_unop op, float *gx, const float *gy, const float *in, in
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) gx[i] = gy[i] * (s[i] * (1.0f + in[i] * (1.0f - s[i])));
     break;
-  case SN_GELU:
-    /* Phi(x) = gelu(x) / x: sn_vec has gelu but no erf. Near 0, Phi = 0.5 + O(x) and the
-     * quotient would lose precision (or divide by zero), so 0.5 is used below 1e-20. */
-    sn_vec->unary(SN_GELU, s, in, n);
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) e[i] = -0.5f * in[i] * in[i];
-    sn_vec->unary(SN_EXP, e, e, n);
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-      float phi_cdf = fabsf(in[i]) > 1e-20f ? s[i] / in[i] : 0.5f;
-      gx[i] = gy[i] * (phi_cdf + in[i] * e[i] * INV_SQRT_2PI);
-    }
-    break;
+  case SN_GELU: sn_vec->gelu_grad(gx, gy, in, n); break;
   default: break; /* rejected by sn_activation_bwd */
   }
 }

@@ -34,6 +34,8 @@
  *   |x| >= 1: q = Phi(-|x|) = exp(-x^2/2) t GELU_TAIL(t), t = 1/(1 + |x|/4), fitted for
  *     |x| in [1, 15] (beyond, q underflows); relative error of the fit 6e-8. Then
  *     Phi(x) = q for x < 0 and 1 - q for x > 0: no 1 + erf cancellation for negative x. */
+/* 1/sqrt(2 pi): the normal density is exp(-x^2/2) / sqrt(2 pi). */
+#define SN_INV_SQRT_2PI 0.398942280401432677940f
 #define SN_GELU_POLY_SMALL \
   -7.66053817e-06f, 0.000113502296f, -0.00118634399f, 0.00997332848f, -0.0664903606f, 0.39894228f
 #define SN_GELU_POLY_TAIL                                                                    \
@@ -49,6 +51,9 @@ typedef struct sn_vec_ops {
   /* y[i] = a[i] op s, or s op a[i] when scalar_first; y may equal a. */
   void (*binary_scalar)(sn_binop op, float *y, const float *a, float s, int64_t n,
                         bool scalar_first);
+  /* gx[i] = gy[i] * GELU'(x[i]) = gy[i] * (Phi(x) + x phi(x)), phi the normal density;
+   * gx may equal gy. */
+  void (*gelu_grad)(float *gx, const float *gy, const float *x, int64_t n);
   /* sum of x[0..n) into a double; the vector tables add float lanes within
    * SN_VEC_SUM_BLOCK elements (error ~ block/width ulps), then blocks in double. */
   double (*sum)(const float *x, int64_t n);

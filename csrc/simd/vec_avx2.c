@@ -92,6 +92,23 @@ INLINE __m256 gelu8(__m256 x) {
   return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, one, _CMP_LT_OQ));
 }
 
+/* GELU'(x) = Phi(x) + x phi(x), as gelu_grad16 in vec_avx512.c. */
+INLINE __m256 gelu_grad8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 ax = abs8(x);
+  __m256 u = _mm256_min_ps(_mm256_set1_ps(16.0f), ax);
+  __m256 h = _mm256_mul_ps(u, u), l = _mm256_fmsub_ps(u, u, h);
+  __m256 n, p = exp_parts8(_mm256_mul_ps(h, _mm256_set1_ps(-0.5f)), &n);
+  __m256 e = scale8(_mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), l), p, p), n);
+  __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(u, _mm256_set1_ps(0.25f), one));
+  __m256 q = _mm256_mul_ps(e, _mm256_mul_ps(t, POLY8(t, gelu_tail_c)));
+  __m256 big = _mm256_blendv_ps(_mm256_sub_ps(one, q), q, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  __m256 small = _mm256_fmadd_ps(x, POLY8(_mm256_mul_ps(x, x), gelu_small_c), _mm256_set1_ps(0.5f));
+  __m256 cdf = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, one, _CMP_LT_OQ));
+  __m256 xc = _mm256_or_ps(u, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)));
+  return _mm256_fmadd_ps(_mm256_mul_ps(xc, _mm256_set1_ps(SN_INV_SQRT_2PI)), e, cdf);
+}
+
 INLINE __m256 sigmoid8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   return _mm256_div_ps(one, _mm256_add_ps(one, Sleef_expf8_u10avx2(neg8(x))));
@@ -377,9 +394,21 @@ static void acc_argmin(float *best, int64_t *idx, const float *x, int64_t r, int
   acc_arg(best, idx, x, r, n, false);
 }
 
+static void gelu_grad(float *gx, const float *gy, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(gy + i), gelu_grad8(_mm256_loadu_ps(x + i))));
+  if (i < n) {
+    __m256i k = tail_mask(n - i);
+    __m256 g = gelu_grad8(_mm256_maskload_ps(x + i, k));
+    _mm256_maskstore_ps(gx + i, k, _mm256_mul_ps(_mm256_maskload_ps(gy + i, k), g));
+  }
+}
+
 const sn_vec_ops sn_vec_avx2 = {
     .name = "avx2",
     .unary = unary,
+    .gelu_grad = gelu_grad,
     .binary = binary,
     .binary_scalar = binary_scalar,
     .sum = sum,

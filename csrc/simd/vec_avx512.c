@@ -75,6 +75,26 @@ INLINE __m512 gelu16(__m512 x) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, one, _CMP_LT_OQ), big, small);
 }
 
+/* GELU'(x) = Phi(x) + x phi(x), with gelu16's two branches for Phi and one exp(-x^2/2)
+ * shared by the tail and the density. The density term takes x capped at 16 like u, so
+ * that +-inf give 1 and 0 instead of inf * 0. */
+INLINE __m512 gelu_grad16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 ax = _mm512_abs_ps(x);
+  __m512 u = _mm512_min_ps(_mm512_set1_ps(16.0f), ax);
+  __m512 h = _mm512_mul_ps(u, u), l = _mm512_fmsub_ps(u, u, h);
+  __m512 n, p = exp_parts16(_mm512_mul_ps(h, _mm512_set1_ps(-0.5f)), &n);
+  __m512 e = _mm512_scalef_ps(_mm512_fnmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), l), p, p), n);
+  __m512 d = _mm512_fmadd_ps(u, _mm512_set1_ps(0.25f), one), t = _mm512_rcp14_ps(d);
+  t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
+  __m512 q = _mm512_mul_ps(e, _mm512_mul_ps(t, POLY16(t, gelu_tail_c)));
+  __m512 big = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_sub_ps(one, q), q);
+  __m512 small = _mm512_fmadd_ps(x, POLY16(_mm512_mul_ps(x, x), gelu_small_c), _mm512_set1_ps(0.5f));
+  __m512 cdf = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, one, _CMP_LT_OQ), big, small);
+  __m512 xc = _mm512_or_ps(u, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));
+  return _mm512_fmadd_ps(_mm512_mul_ps(xc, _mm512_set1_ps(SN_INV_SQRT_2PI)), e, cdf);
+}
+
 /* 1/(1 + e^-x) with the inline exp: -x is clamped to [-150, 150], where e^-x is already 0
  * or inf in f32 (min/max with the constant first keep a NaN). */
 INLINE __m512 sigmoid16(__m512 x) {
@@ -356,9 +376,21 @@ static void acc_argmin(float *best, int64_t *idx, const float *x, int64_t r, int
   acc_arg(best, idx, x, r, n, false);
 }
 
+static void gelu_grad(float *gx, const float *gy, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    _mm512_storeu_ps(gx + i, _mm512_mul_ps(_mm512_loadu_ps(gy + i), gelu_grad16(_mm512_loadu_ps(x + i))));
+  if (i < n) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 g = gelu_grad16(_mm512_maskz_loadu_ps(k, x + i));
+    _mm512_mask_storeu_ps(gx + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, gy + i), g));
+  }
+}
+
 const sn_vec_ops sn_vec_avx512 = {
     .name = "avx512",
     .unary = unary,
+    .gelu_grad = gelu_grad,
     .binary = binary,
     .binary_scalar = binary_scalar,
     .sum = sum,

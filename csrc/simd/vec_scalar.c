@@ -126,9 +126,18 @@ static void acc_argmin(float *best, int64_t *idx, const float *x, int64_t r, int
     }
 }
 
+/* GELU'(x) = Phi(x) + x phi(x) in double; the density term is 0 at +-inf (not inf * 0). */
+static void gelu_grad(float *gx, const float *gy, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    double v = x[i], dens = isinf(v) ? 0.0 : v * exp(-0.5 * v * v) * SN_INV_SQRT_2PI;
+    gx[i] = (float)(gy[i] * (0.5 * erfc(-v * inv_sqrt2) + dens));
+  }
+}
+
 const sn_vec_ops sn_vec_scalar = {
     .name = "scalar",
     .unary = unary,
+    .gelu_grad = gelu_grad,
     .binary = binary,
     .binary_scalar = binary_scalar,
     .sum = sum,
