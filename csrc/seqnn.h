@@ -406,8 +406,9 @@ sn_status sn_sgd_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, const sn_tensor
  *   fwd: y[i]        = x[i] cos(p theta_i) - x[i+half] sin(p theta_i)
  *        y[i+half]   = x[i] sin(p theta_i) + x[i+half] cos(p theta_i)      i = 0 .. half-1
  *   bwd: gx = the inverse rotation (angle -p theta_i) of gy (rotations are orthogonal).
- * x, gy: f32 (B,T,H,Dh) with a contiguous last dim (other strides free: a narrow view of a
- * fused QKV output is read in place); y, gx: contiguous, the same shape. offset >= 0 (the
+ * x, gy, y, gx: f32 (B,T,H,Dh) with a contiguous last dim (other strides free: a narrow
+ * view of a fused QKV output is read, or its gradient rotated, in place; y may be x and gx
+ * may be gy), y and gx of x's and gy's shape. offset >= 0 (the
  * position of t = 0, for decoding), base > 0 (10000 in GPT-NeoX and LLaMA). */
 sn_status sn_rope_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, int64_t offset, double base);
 sn_status sn_rope_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *gy, int64_t offset, double base);
@@ -422,7 +423,8 @@ sn_status sn_rope_bwd(sn_ctx *ctx, sn_tensor *gx, const sn_tensor *gy, int64_t o
  * fwd: o (B,T,H,Dh) and lse (B,H,T) contiguous f32; lse is saved for bwd. Never forms T x S:
  *   tiles of 64 queries x 64 keys with an online softmax, threads over (b, h, q tile). Its
  *   workspace holds a packed copy of k and v (head dim padded to a multiple of 16).
- * bwd: dq, dk, dv (shapes of q, k, v) contiguous, overwritten; recomputes P = exp(S - lse)
+ * bwd: dq, dk, dv (shapes of q, k, v; views with unit stride on the last dim, such as the
+ *   three parts of one packed q|k|v gradient, not overlapping) overwritten; recomputes P = exp(S - lse)
  *   per tile, dS = P (dP - D) with D_i = rowsum(dO_i * o_i). One task per (b, kv head)
  *   owns dk, dv and the dq of its query heads (with fewer such tasks than threads: key
  *   tiles own dk, dv, then query tiles own dq, in the same summation order), so there are

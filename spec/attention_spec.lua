@@ -84,6 +84,39 @@ describe("seqnn.F.attention", function()
     assert.are.equal(0, max_diff(a, b))
   end)
 
+  it("attention_qkv equals rope and attention on the three parts, gradients included", function()
+    for _, c in ipairs({ { 4, 4, nil }, { 4, 2, { base = 500 } }, { 3, 1, { base = 10000 } } }) do
+      local H, G, rope = table.unpack(c)
+      local x = leaf(2, 7, H + 2 * G, 6)
+      local opts = { causal = true, rope = rope }
+      local a = F.attention_qkv(x, H, G, opts)
+      local g = sn.randn(a:shape())
+      ;(a * g):sum():backward()
+      local y = x:detach():requires_grad(true)
+      local q, k, v = y:narrow(3, 1, H), y:narrow(3, H + 1, G), y:narrow(3, H + G + 1, G)
+      if rope then q, k = F.rope(q, rope), F.rope(k, rope) end
+      local b = F.attention(q, k, v, { causal = true })
+      ;(b * g):sum():backward()
+      assert.is_true(max_diff(a, b) < 1e-6)
+      assert.is_true(max_diff(x.grad, y.grad) < 1e-5)
+    end
+  end)
+
+  it("attention_qkv passes gradcheck with rope and a window", function()
+    assert.is_true(gradcheck(function(x) return F.attention_qkv(x, 2, 1, { window = 2, rope = { offset = 3 } }) end,
+      { leaf(1, 6, 4, 4) }, { eps = 1e-2, atol = 2e-3, rtol = 1e-2 }))
+  end)
+
+  it("attention_qkv names a qkv that does not match the heads", function()
+    local x = sn.randn(1, 3, 5, 4)
+    assert.has_error(function() F.attention_qkv(x, 2, 2) end,
+      "seqnn.F.attention_qkv: qkv must be (B,T,6,Dh) for 2 heads and 2 kv_heads, got 1x3x5x4")
+    assert.has_error(function() F.attention_qkv(x, 3, 2) end,
+      "seqnn.F.attention_qkv: heads and kv_heads must be positive integers with heads a multiple of kv_heads, got 3 and 2")
+    assert.has_error(function() F.attention_qkv(sn.randn(1, 3, 4), 1, 1) end,
+      "seqnn.F.attention_qkv: qkv must be (B,T,3,Dh) for 1 heads and 1 kv_heads, got 1x3x4")
+  end)
+
   it("varlen equals separate calls per sequence, with gradients", function()
     local lq, lk = { 3, 0, 1, 9 }, { 4, 2, 1, 9 }
     local cq, ck = { 0 }, { 0 }

@@ -142,6 +142,16 @@ static sn_status need_4d(sn_ctx *ctx, const char *name, const sn_tensor *t, cons
   return SN_OK;
 }
 
+/* A gradient output: an f32 tensor with the shape of like, unit stride on the last dim
+ * (a view into a larger gradient, such as one part of a packed q|k|v, is written in place). */
+static sn_status need_grad_out(sn_ctx *ctx, const char *name, const sn_tensor *t, const sn_tensor *like) {
+  char a[160], b[160];
+  if (t->dtype == SN_F32 && sn_same_shape(t, like) && (t->ndim != 4 || t->size[3] <= 1 || t->stride[3] == 1))
+    return SN_OK;
+  return sn_fail(ctx, SN_EINVAL, "%s: %s must be an f32 tensor of shape %s with unit stride on its last dim, got %s %s",
+                 FN, name, sn_shape_str(like, a, sizeof a), sn_dtype_name(t->dtype), sn_shape_str(t, b, sizeof b));
+}
+
 /* An output: a contiguous f32 tensor with the shape of like. */
 static sn_status need_out(sn_ctx *ctx, const char *name, const sn_tensor *t, const sn_tensor *like) {
   char a[160], b[160];
@@ -542,9 +552,9 @@ sn_status sn_attention_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor 
     return sn_fail(ctx, SN_EINVAL, "%s: grad_output and o must have q's shape %s, got %s and %s", FN,
                    sn_shape_str(q, a, sizeof a), sn_shape_str(dout, b, sizeof b), sn_shape_str(o, (char[160]){0}, 160));
   st = need_lse(ctx, lse, q);
-  if (st == SN_OK) st = need_out(ctx, "dq", dq, q);
-  if (st == SN_OK) st = need_out(ctx, "dk", dk, k);
-  if (st == SN_OK) st = need_out(ctx, "dv", dv, v);
+  if (st == SN_OK) st = need_grad_out(ctx, "dq", dq, q);
+  if (st == SN_OK) st = need_grad_out(ctx, "dk", dk, k);
+  if (st == SN_OK) st = need_grad_out(ctx, "dv", dv, v);
   if (st != SN_OK) return st;
   /* Slots: kvoff[s], then the first item of s in the key pass (Hkv x key tiles) and in the
    * query pass (H x query tiles). */

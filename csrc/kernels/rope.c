@@ -26,11 +26,15 @@ static sn_status check(sn_ctx *ctx, const char *out_name, const sn_tensor *out, 
   if (!sn_same_shape(out, in))
     return sn_fail(ctx, SN_EINVAL, "%s: '%s' must have the shape of '%s' (%s)", fn, out_name, in_name,
                    sn_shape_str(in, s, sizeof s));
-  return nn_need(ctx, fn, out_name, out, SN_F32, sn_numel(in));
+  if (out->dtype != SN_F32 || (out->size[3] > 1 && out->stride[3] != 1))
+    return sn_fail(ctx, SN_EINVAL, "%s: '%s' must be f32 with a contiguous last dim, got %s %s", fn, out_name,
+                   sn_dtype_name(out->dtype), sn_shape_str(out, s, sizeof s));
+  return SN_OK;
 }
 
-/* out = rotation of in by sign * (offset + t) * theta_i; out contiguous, in strided with a
- * contiguous last dim (a narrow view of a fused QKV projection is read without a copy). */
+/* out = rotation of in by sign * (offset + t) * theta_i; both strided with a contiguous
+ * last dim (a narrow view of a fused QKV projection is read, or its gradient rotated,
+ * without a copy). out may be in: each pair is read before it is written. */
 static sn_status rotate(sn_ctx *ctx, sn_tensor *out, const sn_tensor *in, int64_t offset, double base, double sign) {
   int64_t B = in->size[0], T = in->size[1], H = in->size[2], Dh = in->size[3], half = Dh / 2;
   if (sn_numel(in) == 0) return SN_OK;
@@ -45,13 +49,14 @@ static sn_status rotate(sn_ctx *ctx, sn_tensor *out, const sn_tensor *in, int64_
   const float *x = sn_f32(in);
   float *y = sn_f32(out);
   const int64_t sb = in->stride[0], st = in->stride[1], sh = in->stride[2];
+  const int64_t ob = out->stride[0], ot = out->stride[1], oh = out->stride[2];
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * H * Dh > NN_PARALLEL_MIN)
   for (int64_t b = 0; b < B; b++)
     for (int64_t t = 0; t < T; t++) {
       const float *cs = tab + t * half * 2;
       for (int64_t h = 0; h < H; h++) {
         const float *xr = x + b * sb + t * st + h * sh;
-        float *yr = y + ((b * T + t) * H + h) * Dh;
+        float *yr = y + b * ob + t * ot + h * oh;
         for (int64_t i = 0; i < half; i++) {
           float c = cs[2 * i], s = cs[2 * i + 1], x1 = xr[i], x2 = xr[i + half];
           yr[i] = x1 * c - x2 * s;

@@ -53,16 +53,26 @@ static int l_attention_fwd(lua_State *L) {
   return 2;
 }
 
-/* dq, dk, dv = k_attention_bwd(dout, q, k, v, o, lse, causal, window, scale, cu_q, cu_k) */
+/* dq, dk, dv = k_attention_bwd(dout, q, k, v, o, lse, causal, window, scale, cu_q, cu_k
+ *                              [, dq, dk, dv]): the gradients are written into the given
+ * tensors (views with unit stride on the last dim, e.g. the parts of a packed gradient)
+ * when all three are passed, else into new ones. */
 static int l_attention_bwd(lua_State *L) {
-  lua_settop(L, 11);
+  lua_settop(L, 14);
   sn_tensor *g = arg_4d(L, 1, "grad_output"), *q = arg_4d(L, 2, "q"), *k = arg_4d(L, 3, "k");
   sn_tensor *v = arg_4d(L, 4, "v"), *o = arg_4d(L, 5, "o");
   sn_tensor *lse = sn_lua_check_tensor(L, 6, FN, "lse", SN_F32);
   sn_attention_opts opts = read_opts(L, q, 7, 8, 9, 10);
-  sn_tensor *dq = sn_lua_push_empty_like(L, FN, q, SN_F32);
-  sn_tensor *dk = sn_lua_push_empty_like(L, FN, k, SN_F32);
-  sn_tensor *dv = sn_lua_push_empty_like(L, FN, v, SN_F32);
+  sn_tensor *dq, *dk, *dv;
+  if (lua_isnil(L, 12)) {
+    dq = sn_lua_push_empty_like(L, FN, q, SN_F32);
+    dk = sn_lua_push_empty_like(L, FN, k, SN_F32);
+    dv = sn_lua_push_empty_like(L, FN, v, SN_F32);
+  } else {
+    dq = sn_lua_check_tensor(L, 12, FN, "dq", SN_F32);
+    dk = sn_lua_check_tensor(L, 13, FN, "dk", SN_F32);
+    dv = sn_lua_check_tensor(L, 14, FN, "dv", SN_F32);
+  }
   CHECK(L, sn_attention_bwd(sn_lua_ctx(L), dq, dk, dv, g, q, k, v, o, lse, &opts));
   return 3;
 }

@@ -1,14 +1,15 @@
 /* lrope.c -- binding of kernels/rope.c as core.k_rope_fwd / core.k_rope_bwd (sn.F.rope).
  *   y  = k_rope_fwd(x, offset, base)     x (B,T,H,Dh) f32, Dh even
- *   gx = k_rope_bwd(gy, offset, base)    the inverse rotation
+ *   gx = k_rope_bwd(gy, offset, base [, out])    the inverse rotation
  * Inputs may be strided views (a narrow of a fused QKV output) as long as the last dim is
- * contiguous; otherwise they are copied first. Outputs are contiguous. */
+ * contiguous; otherwise they are copied first. Outputs are new contiguous tensors, or `out`
+ * (a view with a contiguous last dim, gy itself for in place) when given. */
 #include <math.h>
 
 #include "lcheck.h"
 
 static int rope(lua_State *L, bool backward) {
-  lua_settop(L, 3);
+  lua_settop(L, 4);
   const char *fn = "seqnn.F.rope";
   const char *arg = backward ? "grad_output" : "x";
   sn_tensor *x = sn_lua_check_tensor(L, 1, fn, arg, SN_F32);
@@ -27,7 +28,8 @@ static int rope(lua_State *L, bool backward) {
     if (st != SN_OK) sn_lua_raise(L, fn, st);
     x = c;
   }
-  sn_tensor *y = sn_lua_push_empty_like(L, fn, x, SN_F32);
+  sn_tensor *y = lua_isnil(L, 4) ? sn_lua_push_empty_like(L, fn, x, SN_F32)
+                                 : (lua_pushvalue(L, 4), sn_lua_check_tensor(L, 4, fn, "out", SN_F32));
   sn_status st = backward ? sn_rope_bwd(ctx, y, x, offset, base) : sn_rope_fwd(ctx, y, x, offset, base);
   if (st != SN_OK) sn_lua_raise(L, fn, st);
   return 1;

@@ -227,6 +227,50 @@ function F.attention(q, k, v, opts)
   return attention_node("attention", q, k, v, causal, window, scale)
 end
 
+-- attention_qkv(qkv, heads, kv_heads [, opts]): self-attention over a packed projection
+-- qkv (B,T,heads + 2 kv_heads,Dh): query heads, then key heads, then value heads, as
+-- attention(q, k, v, opts) on its three parts. opts as attention's, plus rope = {offset =,
+-- base =} to rotate q and k first (as F.rope). One tape node whose backward writes all
+-- three gradients into one (B,T,heads + 2 kv_heads,Dh) tensor, instead of one zero-filled
+-- full-size gradient per part added together.
+function F.attention_qkv(qkv, heads, kv_heads, opts)
+  check_tensor("attention_qkv", "qkv", qkv, 1)
+  local H, G = heads, kv_heads
+  if math.type(H) ~= "integer" or math.type(G) ~= "integer" or H < 1 or G < 1 or H % G ~= 0 then
+    error(("seqnn.F.attention_qkv: heads and kv_heads must be positive integers with heads a multiple of kv_heads, got %s and %s")
+      :format(tostring(H), tostring(G)), 2)
+  end
+  if qkv:dim() ~= 4 or qkv:size(3) ~= H + 2 * G then
+    error(("seqnn.F.attention_qkv: qkv must be (B,T,%d,Dh) for %d heads and %d kv_heads, got %s")
+      :format(H + 2 * G, H, G, shape_str(qkv)), 2)
+  end
+  local causal, window, scale = attention_opts("attention_qkv", opts)
+  local rope = opts and opts.rope
+  local offset, base = rope and (rope.offset or 0), rope and (rope.base or 10000)
+  local q, k
+  if rope then
+    local qk = core.k_rope_fwd(qkv:narrow(3, 1, H + G), offset, base)
+    q, k = qk:narrow(3, 1, H), qk:narrow(3, H + 1, G)
+  else
+    q, k = qkv:narrow(3, 1, H), qkv:narrow(3, H + 1, G)
+  end
+  local v = qkv:narrow(3, H + G + 1, G)
+  local o, lse = core.k_attention_fwd(q, k, v, causal, window, scale)
+  record("attention_qkv", { qkv }, o, function(g)
+    local dqkv = core.empty(qkv:shape())
+    core.k_attention_bwd(g, q, k, v, o, lse, causal, window, scale, nil, nil,
+      dqkv:narrow(3, 1, H), dqkv:narrow(3, H + 1, G), dqkv:narrow(3, H + G + 1, G))
+    if rope then
+      local dqk = dqkv:narrow(3, 1, H + G)
+      core.k_rope_bwd(dqk, offset, base, dqk)
+    end
+    lse:free()
+    qkv, q, k, v, o, lse = nil, nil, nil, nil, nil, nil
+    return dqkv
+  end)
+  return o
+end
+
 -- attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k [, opts]): a batch of sequences of
 -- different lengths packed without padding: q (1, total_q, H, Dh), k and v (1, total_k,
 -- Hkv, Dh); cu_seqlens_* i64 (nseq + 1) prefix sums from 0 (sequence s is rows

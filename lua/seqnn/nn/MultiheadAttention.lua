@@ -84,18 +84,23 @@ function MultiheadAttention:forward(x, cache)
   local B, T = x:size(1), x:size(2)
   local H, G, Dh = self.heads, self.kv_heads, self.head_dim
   local qkv = self.qkv(x):view(B, T, H + 2 * G, Dh)
-  local q, k, v = qkv:narrow(3, 1, H), qkv:narrow(3, H + 1, G), qkv:narrow(3, H + G + 1, G)
-  local pos = cache and cache.length or 0
-  if self.rope then
-    local ropt = { offset = pos, base = self.rope_base }
-    q, k = sn.F.rope(q, ropt), sn.F.rope(k, ropt)
-  end
   local o
-  if cache == nil or pos == 0 then
-    o = sn.F.attention(q, k, v, { causal = self.causal, window = self.window })
-    if cache then cache:append(k, v) end
+  if cache == nil then -- training: one node from the packed projection to the output
+    o = sn.F.attention_qkv(qkv, H, G, { causal = self.causal, window = self.window,
+      rope = self.rope and { base = self.rope_base } or nil })
   else
-    o = decode(self, q, k, v, cache)
+    local q, k, v = qkv:narrow(3, 1, H), qkv:narrow(3, H + 1, G), qkv:narrow(3, H + G + 1, G)
+    local pos = cache.length
+    if self.rope then
+      local ropt = { offset = pos, base = self.rope_base }
+      q, k = sn.F.rope(q, ropt), sn.F.rope(k, ropt)
+    end
+    if pos == 0 then
+      o = sn.F.attention(q, k, v, { causal = self.causal, window = self.window })
+      cache:append(k, v)
+    else
+      o = decode(self, q, k, v, cache)
+    end
   end
   o = self.proj(o:reshape(B, T, H * Dh))
   return self.drop and self.drop(o) or o
