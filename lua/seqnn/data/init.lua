@@ -2,6 +2,8 @@
 --
 --   sn.data.ByteTokenizer()  sn.data.CharTokenizer.from_text(text)  sn.data.Tokenizer.from_state(s)
 --   sn.data.TextDataset{text = ..., seq = T}      samplers: ds:batch("train", B) -> x, y
+--   sn.data.SelectiveCopying{length = L, n_tokens = n, vocab = V}   synthetic tasks (Mamba, 4.1):
+--   sn.data.InductionHeads{length = L, vocab = V}    ds:batch(B) -> x, y; ds:accuracy(logits, y)
 --   sn.data.TensorDataset(x, y)                   index datasets: ds:len(), ds:get(i)
 --   sn.data.DataLoader(ds, {batch = B, shuffle = true})
 --   sn.data.default_corpus()                      the text of examples/data/tiny.txt
@@ -13,6 +15,8 @@ local data = {
   Dataset = require "seqnn.data.Dataset",
   TensorDataset = require "seqnn.data.TensorDataset",
   TextDataset = require "seqnn.data.TextDataset",
+  SelectiveCopying = require "seqnn.data.SelectiveCopying",
+  InductionHeads = require "seqnn.data.InductionHeads",
   DataLoader = require "seqnn.data.DataLoader",
 }
 
