@@ -22,10 +22,11 @@
 --   ds:describe() -> one line of the settings
 local sn = require "seqnn"
 local Dataset = require "seqnn.data.Dataset"
+local scored = require "seqnn.data.scored"
 local SelectiveCopying = sn.class("seqnn.data.SelectiveCopying", Dataset)
 
 local NAME = "seqnn.data.SelectiveCopying"
-local IGNORE = -100
+local IGNORE = scored.IGNORE
 local DEFAULTS = { length = 256, n_tokens = 16, vocab = 16 }
 
 local function is_positive_integer(v) return math.type(v) == "integer" and v >= 1 end
@@ -62,14 +63,7 @@ end
 
 -- batch(B) or batch(split, B).
 function SelectiveCopying:batch(split, B)
-  local fn = NAME .. ":batch"
-  if B == nil and type(split) ~= "string" then split, B = nil, split end
-  if split ~= nil and split ~= "train" and split ~= "val" then
-    error(("%s: split must be \"train\" or \"val\", got %s"):format(fn, tostring(split)), 2)
-  end
-  if not is_positive_integer(B) then
-    error(("%s: B must be a positive integer, got %s"):format(fn, tostring(B)), 2)
-  end
+  B = scored.batch_size(NAME .. ":batch", split, B)
   local L, n, T = self.length, self.n_tokens, self.seq
   local tokens = sn.randint(1, self.vocab + 1, B, n)
   -- n distinct positions out of 1..L per row, uniform over the subsets: Floyd's algorithm
@@ -114,32 +108,8 @@ end
 -- y ~= -100 (the copied tokens), and how many positions were scored. logits (B, T, V)
 -- with y (B, T), or (N, V) with y (N).
 function SelectiveCopying:accuracy(logits, y)
-  local fn = NAME .. ":accuracy"
-  if not sn.is_tensor(logits) then
-    error(("%s: logits must be a tensor, got %s"):format(fn, type(logits)), 2)
-  end
-  if not sn.is_tensor(y) or y:dtype() ~= "i64" then
-    error(("%s: y must be an i64 tensor, got %s"):format(fn, sn.is_tensor(y) and y:dtype() or type(y)), 2)
-  end
-  local ls, ys = logits:shape(), y:shape()
-  local ok = (#ys == 1 or #ys == 2) and #ls == #ys + 1
-  for i = 1, #ys do ok = ok and ls[i] == ys[i] end
-  if not ok then
-    error(("%s: logits must be (B, T, V) for y (B, T) or (N, V) for y (N), got logits %s and y %s")
-      :format(fn, table.concat(ls, "x"), table.concat(ys, "x")), 2)
-  end
-  local pred = logits:detach():argmax(#ls):view(-1):totable()
-  local target = y:contiguous():view(-1):totable()
-  local hits, count = 0, 0
-  for i = 1, #target do
-    local t = target[i]
-    if t ~= IGNORE then
-      count = count + 1
-      if pred[i] == t then hits = hits + 1 end
-    end
-  end
-  if count == 0 then error(("%s: y has no scored positions (every target is -100)"):format(fn), 2) end
-  return hits / count, count
+  local fraction, count = scored.accuracy(NAME .. ":accuracy", logits, y) -- not a tail call: errors name the caller
+  return fraction, count
 end
 
 function SelectiveCopying:describe()
