@@ -12,7 +12,6 @@ local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "
 local row, median = util.row, util.median
 
 local now = sn.clock
-local cfg = sn.config()
 local V, D, LAYERS, HEADS, CONTEXT, BATCH = 65, 128, 4, 4, 64, 12
 local WARMUP, SAMPLES, STEPS = 3, 7, 10
 
@@ -33,9 +32,7 @@ local function peer()
   return rate, rate and (version or "torch") or (last or "skip: no output from run_gpt.sh")
 end
 
-print()
-print(("# bench_gpt.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):format(
-  _VERSION, sn._VERSION, cfg.threads, cfg.simd, cfg.blas_core))
+util.banner("bench_gpt.lua")
 print("# train: ms per AdamW step of batch 12 x 64 tokens, GFLOP/s counts 6 x params x tokens + causal attention;")
 print("#   x_ref: seqnn tokens/s over PyTorch eager's (same model, 2 threads, the faster OMP_WAIT_POLICY)")
 print("# generate: ms per token through the KV caches from a 1-token prompt to `context` tokens")

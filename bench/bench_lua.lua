@@ -9,7 +9,6 @@ local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "
 local row, median = util.row, util.median
 
 local now = sn.clock
-local cfg = sn.config()
 local REPS, WARMUP = 11, 2
 
 -- Median seconds per call of fn over REPS samples of `calls` calls, after WARMUP samples.
@@ -23,9 +22,7 @@ local function time_calls(fn, calls)
   return median(samples)
 end
 
-print()
-print(("# bench_lua.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):format(
-  _VERSION, sn._VERSION, cfg.threads, cfg.simd, cfg.blas_core))
+util.banner("bench_lua.lua")
 print("# lua rows: ms per call (x1e6 = ns); x_ref: speed relative to an empty Lua function call")
 util.header()
 

@@ -74,9 +74,7 @@ local x, y = sn.randn(B, D), sn.randn(B, D)
 local init = sn.nn.MLP({ D, D, D, D, D }, { activation = "gelu" }):state_dict()
 for k, t in pairs(init) do init[k] = t:clone() end
 
-print()
-print(("# bench_train.lua  %s   %s   threads: %d   simd: %s   blas core: %s"):format(
-  _VERSION, sn._VERSION, cfg.threads, cfg.simd, cfg.blas_core))
+util.banner("bench_train.lua")
 print(("# lua rows: ms per training step; x_ref: kernel-loop time / step time; %d steps per sample"):format(CALLS))
 util.header()
 

@@ -6,6 +6,14 @@ local util = {}
 
 local ROW = "%-18s %-22s %-7s %-7s %-9s %-8s %-7s %-6s %s"
 
+-- The first line of a script's table: its name and the configuration it ran with.
+function util.banner(script)
+  local cfg = sn.config()
+  print()
+  print(("# %s  %s   %s   threads: %d   simd: %s   blas core: %s"):format(script, _VERSION, sn._VERSION,
+    cfg.threads, cfg.simd, cfg.blas_core))
+end
+
 function util.header()
   print(ROW:format("kernel", "shape", "threads", "simd", "ms", "GFLOP/s", "GB/s", "x_ref", "ref"))
 end

@@ -24,57 +24,10 @@ local FLAGS = {
   { "threads", "integer", nil, "threads (default: all cores)" },
   { "seed", "integer", 1, "random seed" },
   { "eval-every", "integer", 100, "steps between validation runs" },
-  { "sample", "integer", 300, "characters to sample at the end (0: none)" },
+  { "sample", "integer", 300, "characters to sample at the end (0: none)", 0 },
 }
 
-local function usage()
-  local lines = { "usage: lua examples/train.lua [flags]", "" }
-  for _, f in ipairs(FLAGS) do
-    lines[#lines + 1] = ("  --%-11s %-8s %s%s"):format(f[1], f[2] == "string" and "S" or "N", f[4],
-      f[3] ~= nil and (" [" .. tostring(f[3]) .. "]") or "")
-  end
-  lines[#lines + 1] = "  --help                 this text"
-  return table.concat(lines, "\n")
-end
-
-local function fail(msg)
-  io.stderr:write("train.lua: ", msg, " (try --help)\n")
-  os.exit(2)
-end
-
-local function parse_args(argv)
-  local spec, opts = {}, {}
-  for _, f in ipairs(FLAGS) do spec[f[1]], opts[f[1]] = f, f[3] end
-  local i = 1
-  while i <= #argv do
-    local a = argv[i]
-    if a == "--help" or a == "-h" then print(usage()); os.exit(0) end
-    local name, inline = a:match("^%-%-([%w%-]+)=(.*)$")
-    name = name or a:match("^%-%-([%w%-]+)$")
-    local f = name and spec[name]
-    if not f then fail(("unknown flag '%s'"):format(a)) end
-    local value = inline
-    if value == nil then
-      i = i + 1
-      value = argv[i]
-      if value == nil then fail(("--%s needs a value"):format(name)) end
-    end
-    if f[2] == "string" then
-      opts[name] = value
-    else
-      local num = tonumber(value)
-      if f[2] == "integer" then num = num and math.tointeger(num) end
-      if num == nil or num < (name == "sample" and 0 or 1e-300) then
-        fail(("--%s needs a positive %s, got '%s'"):format(name, f[2], value))
-      end
-      opts[name] = num
-    end
-    i = i + 1
-  end
-  return opts
-end
-
-local opts = parse_args(arg or {})
+local opts = sn.cli.parse("examples/train.lua", FLAGS, arg or {})
 if opts.threads then sn.set_num_threads(opts.threads) end
 sn.manual_seed(opts.seed)
 os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
@@ -94,7 +47,7 @@ end
 local text
 if opts.data then
   local f, err = io.open(opts.data, "rb")
-  if not f then fail("cannot read --data: " .. err) end
+  if not f then sn.cli.fail("examples/train.lua", "cannot read --data: " .. err) end
   text = f:read("a")
   f:close()
 else
