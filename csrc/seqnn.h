@@ -456,4 +456,72 @@ sn_status sn_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *k_cache, sn_te
                             const sn_tensor *q, const sn_tensor *k_new, const sn_tensor *v_new,
                             int64_t pos, const sn_attention_opts *opts);
 
+/* ---- selective scan, Mamba's S6 (kernels/selective_scan.c) -----------------------------
+ * u, delta (B,T,D); A (D,N); Bm, Cm (B,T,N) (one group); per channel d, state n:
+ *   dt[t,d]  = softplus(delta[t,d] + delta_bias[d]) if delta_softplus (x for x > 20),
+ *              else delta[t,d] + delta_bias[d]                    (delta_bias: 0 if NULL)
+ *   h[t,d,n] = exp(dt[t,d] A[d,n]) h[t-1,d,n] + dt[t,d] Bm[t,n] u[t,d]   (h[-1] = h0 or 0)
+ *   y[t,d]   = sum_n Cm[t,n] h[t,d,n] + Dskip[d] u[t,d]                   (Dskip: 0 if NULL)
+ *   out[t,d] = y[t,d] silu(z[t,d])   if z, else y[t,d]
+ * Inputs: f32, any strides with a unit-stride last dim (views of one projection are read in
+ * place). Vectorized over channels, 16 per tile (one AVX-512 vector, two AVX2 ones),
+ * threaded over (batch, slices of 128 channels); the (B,T,D,N) state history is never
+ * stored. exp is a polynomial (relative error about 1e-7); softplus is x past 20.
+ * fwd: out (B,T,D) contiguous; final_state (B,D,N) or NULL; chunk_states (B,nchunks,D,N),
+ *   nchunks = ceil(T / SN_SCAN_CHUNK), the state entering each chunk of SN_SCAN_CHUNK steps
+ *   (chunk 0: h0), saved for bwd, or NULL (inference).
+ * bwd: recomputes each chunk's states from chunk_states (contiguous, as fwd made it), then
+ *   sweeps back in time. du, ddelta (B,T,D), dA (D,N), dBm, dCm (B,T,N) contiguous,
+ *   overwritten; dDskip, ddelta_bias (D), dz (B,T,D), dh0 (B,D,N) overwritten when non-NULL
+ *   (each needs its input: Dskip, delta_bias, z, initial_state). dfinal (B,D,N), the
+ *   gradient of the final state, or NULL. dout and dfinal may be views like the inputs.
+ *   Reductions over batch and channels run in a fixed order: the same bits for any thread
+ *   count. Besides per-thread buffers the workspace holds 2 B ceil(D/128) T N floats of
+ *   per-slice sums for dBm and dCm.
+ * step (decode): one token. u, delta, z (B,D); Bm, Cm (B,N); state (B,D,N) contiguous,
+ *   updated in place (h[t-1] -> h[t]); out (B,D). opts->initial_state is ignored. */
+#define SN_SCAN_CHUNK 64
+typedef struct sn_scan_opts {
+  const sn_tensor *Dskip;         /* (D) or NULL */
+  const sn_tensor *z;             /* (B,T,D) (step: (B,D)) or NULL */
+  const sn_tensor *delta_bias;    /* (D) or NULL */
+  bool delta_softplus;
+  const sn_tensor *initial_state; /* (B,D,N) or NULL */
+} sn_scan_opts;
+
+sn_status sn_selective_scan_fwd(sn_ctx *ctx, sn_tensor *out, sn_tensor *final_state, sn_tensor *chunk_states,
+                                const sn_tensor *u, const sn_tensor *delta, const sn_tensor *A,
+                                const sn_tensor *Bm, const sn_tensor *Cm, const sn_scan_opts *opts);
+sn_status sn_selective_scan_bwd(sn_ctx *ctx, sn_tensor *du, sn_tensor *ddelta, sn_tensor *dA, sn_tensor *dBm,
+                                sn_tensor *dCm, sn_tensor *dDskip, sn_tensor *ddelta_bias, sn_tensor *dz,
+                                sn_tensor *dh0, const sn_tensor *dout, const sn_tensor *dfinal,
+                                const sn_tensor *chunk_states, const sn_tensor *u, const sn_tensor *delta,
+                                const sn_tensor *A, const sn_tensor *Bm, const sn_tensor *Cm,
+                                const sn_scan_opts *opts);
+sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, const sn_tensor *u,
+                                 const sn_tensor *delta, const sn_tensor *A, const sn_tensor *Bm,
+                                 const sn_tensor *Cm, const sn_scan_opts *opts);
+
+/* ---- causal depthwise conv1d (kernels/conv1d.c) -----------------------------------------
+ * x (B,T,C), w (C,W) (PyTorch's depthwise Conv1d weight (C,1,W) without the middle dim),
+ * bias (C) or NULL, 1 <= W <= 8, all f32:
+ *   pre[t,c] = bias[c] + sum_k w[c,k] x[t-W+1+k, c]   (x before t = 0 is 0)
+ *   y[t,c]   = silu(pre[t,c]) if silu, else pre[t,c]
+ * (PyTorch's Conv1d(groups = C, padding = W-1) cut to the first T outputs.) x and dy may be
+ * views with a unit-stride last dim, w and bias any views; y (B,T,C) contiguous. Vectorized
+ * over channels, threaded over (batch, chunk of 128 steps).
+ * bwd: dpre = dy silu'(pre) (pre recomputed), dx[t] = sum_k w[:,k] dpre[t+W-1-k],
+ *   dw[c,k] = sum dpre[t,c] x[t-W+1+k,c], dbias = sum dpre. dx (B,T,C), dw (C,W)
+ *   contiguous, overwritten; dbias (C) overwritten when non-NULL (bias may be NULL). dw and
+ *   dbias reduce over batch and time in a fixed order: the same bits for any thread count.
+ * step (decode): x (B,C) one token; state (B,W-1,C) contiguous, the last W-1 inputs oldest
+ *   first (zeros at the start), shifted in place to take x; y (B,C) contiguous. Decoding from
+ *   zeros gives the forward's bits. */
+sn_status sn_causal_conv1d_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const sn_tensor *w,
+                               const sn_tensor *bias, bool silu);
+sn_status sn_causal_conv1d_bwd(sn_ctx *ctx, sn_tensor *dx, sn_tensor *dw, sn_tensor *dbias, const sn_tensor *dy,
+                               const sn_tensor *x, const sn_tensor *w, const sn_tensor *bias, bool silu);
+sn_status sn_causal_conv1d_step(sn_ctx *ctx, sn_tensor *y, sn_tensor *state, const sn_tensor *x,
+                                const sn_tensor *w, const sn_tensor *bias, bool silu);
+
 #endif /* SEQNN_H */

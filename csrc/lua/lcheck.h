@@ -64,5 +64,9 @@ void sn_lua_open_attention(lua_State *L);
 void sn_lua_open_io(lua_State *L, int methods);
 /* Registers the RoPE kernels as core.k_rope_* (lrope.c). */
 void sn_lua_open_rope(lua_State *L);
+/* Registers the selective scan kernels as core.k_selective_scan_* (lscan.c). */
+void sn_lua_open_scan(lua_State *L);
+/* Registers the causal conv1d kernels as core.k_causal_conv1d_* (lconv1d.c). */
+void sn_lua_open_conv1d(lua_State *L);
 
 #endif

@@ -144,6 +144,8 @@ int luaopen_seqnn_core(lua_State *L) {
   sn_lua_open_attention(L);
   sn_lua_open_io(L, methods);
   sn_lua_open_rope(L);
+  sn_lua_open_scan(L);
+  sn_lua_open_conv1d(L);
   lua_pop(L, 2);
 
   lua_pushvalue(L, module);

@@ -1,0 +1,77 @@
+/* simd/scan.h -- internal: the inner loops of kernels/selective_scan.c, one table per
+ * instruction set. scan_tile.h holds the code once, written with GCC vector types of 16
+ * floats; scan_{scalar,avx2,avx512}.c compile it with their ISA flags, and
+ * selective_scan.c picks the table matching sn_vec (so SEQNN_SIMD lowers both alike).
+ *
+ * The unit of work is one tile of SCAN_W channels (one vector; lanes are channels) over
+ * one chunk of L <= SN_SCAN_CHUNK steps. Per-step channel data is packed by the caller
+ * into rows of SCAN_W floats, ps floats apart (lanes past the tile's last channel hold
+ * zeros, which keeps them at zero state and zero gradient); the (N) rows of Bm and Cm are
+ * read in place.
+ * States and per-state constants are [N][SCAN_W]: state n of the tile's 16 channels is
+ * one vector. */
+#ifndef SN_SIMD_SCAN_H
+#define SN_SIMD_SCAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "seqnn.h"
+
+#define SCAN_W 16
+/* Floats between consecutive scratch arrays past a multiple of 4 KiB (see bufs_of). */
+#define SCAN_SKEW 64
+/* Arrays in a scan_chunk's prefetch list. */
+#define SCAN_PF 8
+/* Floats of scan_chunk.acc for N states. */
+#define SCAN_ACC_FLOATS(N) (2 * (N) * SN_SCAN_CHUNK * SCAN_W)
+/* Floats of scan_chunk.work that fwd and bwd need, for any N. */
+#define SCAN_WORK_FLOATS (16 * SN_SCAN_CHUNK * SCAN_W + 16 * SCAN_SKEW)
+
+typedef struct scan_chunk {
+  int L, N;
+  int64_t ps;                 /* row stride of the packed per-step arrays below */
+  const float *u, *delta, *z; /* [L][ps]; z NULL: no gate */
+  const float *Bm, *Cm;       /* row t (N floats) at Bm + t * bst, Cm + t * cst */
+  int64_t bst, cst;
+  const float *A, *A2;        /* [N][W]: A and A log2(e) */
+  const float *Dskip, *bias;  /* [W], zeros when absent */
+  bool softplus;
+  /* In: the state entering the chunk. fwd leaves the state after it; bwd clobbers it. */
+  float *h;
+  float *out; /* fwd: [L][ps] */
+  /* bwd only. g (in) is dL/d(state after the chunk) from the steps after it (dfinal for
+   * the last chunk); g (out) is dL/d(state entering the chunk). */
+  const float *dout; /* [L][ps] */
+  float *g;
+  float *du, *ddelta, *dz; /* [L][ps], overwritten (dz only with z) */
+  float *dA;               /* [N][W] += sum_t dt g exp(dt A) h[t-1] */
+  float *dDskip, *dbias;   /* [W] += sum_t dy u, sum_t ddelta */
+  /* SCAN_ACC_FLOATS(N), zero before a chunk's first tile (take_sums leaves it so): the terms
+   * of dBm[t,n] (g dt u) and dCm[t,n] (dy h) summed over the tiles of a chunk, and over
+   * lanes as far as the table does in registers; take_sums finishes them. */
+  float *acc;
+  float *work; /* SCAN_WORK_FLOATS of scratch, 64-byte aligned */
+  /* Lines to bring into L2 while computing, a few per step (issued all at once they would
+   * stall on the line fill buffers): pf_rows rows of pf_floats floats of npf arrays, array
+   * i's rows at pf[i] + r * pf_rs[i]; arrays from pf_write on are fetched for writing.
+   * The caller's next chunk, which memory would otherwise deliver row by row. */
+  const float *pf[SCAN_PF];
+  int64_t pf_rs[SCAN_PF];
+  int npf, pf_write, pf_rows, pf_floats;
+} scan_chunk;
+
+typedef struct sn_scan_ops {
+  const char *name;
+  /* out[t] = (sum_n Cm[t,n] h[t,n] + Dskip u[t]) silu(z[t]) for the chunk's steps. */
+  void (*fwd)(const scan_chunk *c);
+  /* Recomputes the chunk's states from c->h, then sweeps back in time (see scan_chunk). */
+  void (*bwd)(const scan_chunk *c);
+  /* dB[t][n], dC[t][n] (rows ld floats apart, t < L, n < N) from acc, which is zeroed
+   * again. Always in the same order. */
+  void (*take_sums)(float *dB, float *dC, int64_t ld, float *acc, int L, int N);
+} sn_scan_ops;
+
+extern const sn_scan_ops sn_scan_scalar, sn_scan_avx2, sn_scan_avx512;
+
+#endif
