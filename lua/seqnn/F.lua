@@ -296,4 +296,72 @@ function F.attention_step(q, k_new, v_new, k_cache, v_cache, pos, opts)
   return core.k_attention_step(q, k_new, v_new, k_cache, v_cache, pos, window, scale)
 end
 
+-- selective_scan(u, delta, A, B, C [, opts]): Mamba's S6 scan (math in csrc/seqnn.h).
+-- u, delta (B,T,D); A (D,N); B, C (B,T,N). opts: D (D) skip, z (B,T,D) gate through silu,
+-- delta_bias (D), delta_softplus (bool), initial_state (B,D,N), return_state (bool: the
+-- final state (B,D,N) is the second result). Inputs may be views of one projection (unit
+-- stride on the last dim). One tape node; its backward recomputes the states chunk by
+-- chunk from the states saved at chunk starts, so memory stays linear in T.
+local scan_opts = { D = true, z = true, delta_bias = true, delta_softplus = true, initial_state = true,
+                    return_state = true }
+
+function F.selective_scan(u, delta, A, B, C, opts)
+  for i, a in ipairs({ { "u", u }, { "delta", delta }, { "A", A }, { "B", B }, { "C", C } }) do
+    check_tensor("selective_scan", a[1], a[2], i)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error(("seqnn.F.selective_scan: opts must be a table, got %s"):format(type(opts)), 2)
+  end
+  for k in pairs(opts) do
+    if not scan_opts[k] then error(("seqnn.F.selective_scan: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  for _, k in ipairs({ "D", "z", "delta_bias", "initial_state" }) do
+    if opts[k] ~= nil and not core.is_tensor(opts[k]) then
+      error(("seqnn.F.selective_scan: opts.%s must be a seqnn.Tensor, got %s"):format(k, type(opts[k])), 2)
+    end
+  end
+  local Dskip, z, bias, h0 = opts.D, opts.z, opts.delta_bias, opts.initial_state
+  local softplus, want_state = opts.delta_softplus == true, opts.return_state == true
+  local inputs = { u, delta, A, B, C, Dskip, z, bias, h0, n = 9 }
+  local grad = false
+  if autograd.is_enabled() then
+    for i = 1, 9 do grad = grad or tracked(inputs[i]) end
+  end
+  local y, final, chunks = core.k_selective_scan_fwd(u, delta, A, B, C, Dskip, z, bias, softplus, h0,
+    want_state, grad)
+  if grad then
+    record("selective_scan", inputs, want_state and { y, final } or y, function(gy, gfinal)
+      gy = gy or core.zeros(y:shape())
+      local du, dd, dA, dB, dC, dDs, dbias, dz, dh0 = core.k_selective_scan_bwd(gy, gfinal, chunks, u, delta, A,
+        B, C, Dskip, z, bias, softplus, h0)
+      chunks:free()
+      u, delta, A, B, C, Dskip, z, bias, h0, chunks = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
+      return du, dd, dA, dB, dC, dDs, dz, dbias, dh0
+    end)
+  end
+  if want_state then return y, final end
+  return y
+end
+
+-- causal_conv1d(x, weight [, bias] [, {silu = false}]): depthwise causal convolution over
+-- time, x (B,T,C), weight (C,W) with W <= 8, bias (C): y[t] = bias + sum_k w[:,k] x[t-W+1+k]
+-- (zeros before the start), then silu when asked (Mamba's short convolution). One tape node.
+function F.causal_conv1d(x, weight, bias, opts)
+  check_tensor("causal_conv1d", "x", x, 1)
+  check_tensor("causal_conv1d", "weight", weight, 2)
+  if bias ~= nil then check_tensor("causal_conv1d", "bias", bias, 3) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("seqnn.F.causal_conv1d: opts must be a table {silu =}, got %s"):format(type(opts)), 2)
+  end
+  local silu = opts ~= nil and opts.silu == true
+  local y = core.k_causal_conv1d_fwd(x, weight, bias, silu)
+  record("causal_conv1d", { x, weight, bias, n = 3 }, y, function(g)
+    local dx, dw, db = core.k_causal_conv1d_bwd(g, x, weight, bias, silu)
+    x, weight, bias = nil, nil, nil
+    return dx, dw, db
+  end)
+  return y
+end
+
 return F

@@ -9,6 +9,8 @@
 --              {"attention", "mamba", ...} or the same names joined by commas
 --   positions  "rope": q and k are rotated (sn.F.rope), no position table, any length;
 --              "learned": a (context, d) table added to the embeddings, at most context
+--   mlp        "gelu", "swiglu", or "none" (Mamba's blocks: LM{..., mixer = "mamba", mlp = "none"})
+--   d_state, d_conv, expand, dt_rank, selective, bidirectional: passed to "mamba" mixers
 -- Decoding: cache = model:init_cache(batch, max_len), then model:step(ids, cache) with the
 -- prompt and then one token at a time; each call returns the logits of its tokens.
 local sn = require "seqnn"
@@ -27,7 +29,9 @@ local NAME = "seqnn.models.LM"
 local defaults = { d = 128, layers = 4, heads = 4, context = 64, mixer = "attention", mlp = "gelu",
                    norm = "layernorm", positions = "rope", dropout = 0, bias = false, tie_weights = true,
                    rope_base = 10000 }
-local optional = { vocab_size = true, vocab = true, kv_heads = true, window = true }
+-- Options that only some mixers read (Mamba's), passed through to the mixer builders.
+local optional = { vocab_size = true, vocab = true, kv_heads = true, window = true, d_state = true, d_conv = true,
+                   expand = true, dt_rank = true, selective = true, bidirectional = true }
 
 -- Raised from resolve, through __init and the class constructor, at the caller's line.
 local function fail(fmt, ...) error(NAME .. ": " .. fmt:format(...), 5) end

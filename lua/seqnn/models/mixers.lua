@@ -1,5 +1,5 @@
 -- sn.models.mixers: token mixers by name, so a model config can say which layer mixes
--- tokens how ("attention" here; recurrent mixers register themselves the same way).
+-- tokens how ("attention" and "mamba" here; other mixers register themselves the same way).
 --
 --   sn.models.mixers.register("attention", function(cfg, layer_index) return module end)
 --   sn.models.mixers.build("attention", cfg, 3)     sn.models.mixers.names()
@@ -10,6 +10,7 @@
 -- that cache as forward's second argument.
 local Module = require "seqnn.nn.Module"
 local MultiheadAttention = require "seqnn.nn.MultiheadAttention"
+local Mamba = require "seqnn.nn.Mamba"
 local class = require "seqnn.class"
 
 local mixers = {}
@@ -48,6 +49,13 @@ end
 mixers.register("attention", function(cfg)
   return MultiheadAttention(cfg.d, cfg.heads, { kv_heads = cfg.kv_heads, rope = cfg.rope, rope_base = cfg.rope_base,
     window = cfg.window, bias = cfg.bias, dropout = cfg.dropout })
+end)
+
+-- Mamba with the published defaults; cfg.d_state, d_conv, expand, dt_rank, bidirectional
+-- and selective pass through when the model config carries them.
+mixers.register("mamba", function(cfg)
+  return Mamba(cfg.d, { d_state = cfg.d_state, d_conv = cfg.d_conv, expand = cfg.expand, dt_rank = cfg.dt_rank,
+    bidirectional = cfg.bidirectional, selective = cfg.selective, bias = cfg.bias })
 end)
 
 return mixers

@@ -18,7 +18,8 @@ local NAME = "seqnn.nn.TransformerBlock"
 --           from sn.models.mixers, built with this block's options plus d and heads
 --           (default: MultiheadAttention(d, heads, opts))
 --   mlp     "gelu": Linear(d, hidden) GELU Linear(hidden, d), hidden = 4d by default;
---           "swiglu": sn.nn.SwiGLU(d, hidden), hidden = 8d/3 rounded up to a multiple of 8
+--           "swiglu": sn.nn.SwiGLU(d, hidden), hidden = 8d/3 rounded up to a multiple of 8;
+--           "none": no second half, y = h (Mamba's blocks: the mixer has the parameters)
 --   norm    "layernorm" or "rmsnorm"
 function TransformerBlock:__init(d, heads, opts)
   Module.__init(self)
@@ -31,8 +32,8 @@ function TransformerBlock:__init(d, heads, opts)
     error(("%s: norm must be 'layernorm' or 'rmsnorm', got %s"):format(NAME, tostring(opts.norm)), 3)
   end
   local kind = opts.mlp or "gelu"
-  if kind ~= "gelu" and kind ~= "swiglu" then
-    error(("%s: mlp must be 'gelu' or 'swiglu', got %s"):format(NAME, tostring(kind)), 3)
+  if kind ~= "gelu" and kind ~= "swiglu" and kind ~= "none" then
+    error(("%s: mlp must be 'gelu', 'swiglu' or 'none', got %s"):format(NAME, tostring(kind)), 3)
   end
   local hidden = opts.hidden or (kind == "gelu" and 4 * d or (8 * d // 3 + 7) // 8 * 8)
   local mixer = opts.mixer
@@ -46,10 +47,11 @@ function TransformerBlock:__init(d, heads, opts)
   end
   self:add_module("norm1", norm(d))
   self:add_module("mixer", mixer)
-  self:add_module("norm2", norm(d))
   if kind == "gelu" then
+    self:add_module("norm2", norm(d))
     self:add_module("mlp", MLP({ d, hidden, d }, { activation = "gelu", bias = opts.bias == true }))
-  else
+  elseif kind == "swiglu" then
+    self:add_module("norm2", norm(d))
     self:add_module("mlp", SwiGLU(d, hidden))
   end
   if (opts.dropout or 0) > 0 then self:add_module("drop", Dropout(opts.dropout)) end
@@ -67,6 +69,7 @@ end
 -- forward(x [, cache]): x (B,T,d) -> (B,T,d); the cache goes to the mixer.
 function TransformerBlock:forward(x, cache)
   local h = x + self.mixer(self.norm1(x), cache)
+  if not self.mlp then return h end
   local m = self.mlp(self.norm2(h))
   if self.drop then m = self.drop(m) end
   return h + m

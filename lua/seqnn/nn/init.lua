@@ -6,12 +6,13 @@
 --   sn.nn.Sequential(m1, m2, ...)  sn.nn.ModuleList{m1, m2, ...}
 --   sn.nn.MLP{d1, ..., dn, activation = "gelu", dropout = 0}   sn.nn.SwiGLU(dim, hidden)
 --   sn.nn.MultiheadAttention(d, heads [, {kv_heads, rope, window, causal, bias, dropout}])
+--   sn.nn.Mamba(d_model [, {d_state = 16, d_conv = 4, expand = 2, dt_rank, selective, bidirectional}])
 --   sn.nn.TransformerBlock(d, heads [, {mlp, norm, mixer, ...}])
 --   sn.nn.KVCache(batch, kv_heads, max_len, head_dim)   (decoding state, not a Module)
 local nn = {}
 for _, name in ipairs({ "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
                         "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU", "KVCache",
-                        "MultiheadAttention", "TransformerBlock" }) do
+                        "MultiheadAttention", "Mamba", "TransformerBlock" }) do
   nn[name] = require("seqnn.nn." .. name)
 end
 return nn
