@@ -38,11 +38,15 @@ bool bench_ok(sn_ctx *ctx, sn_status st, const char *kernel, const char *shape);
 
 /* Deterministic values in [-1, 1). */
 void bench_fill(float *p, int64_t n, uint32_t seed);
+/* Times cblas_sgemm 1024^3, prints its row and returns its FLOP/s: the rate kernel rows of
+ * the same run are compared with (x_sgemm). */
+double bench_sgemm_rate(void);
 
 /* Suites, in the order they run. */
 void bench_matmul(void);
 void bench_memory(void);
 void bench_nn(void);
 void bench_attention(void);
+void bench_scan(void);
 
 #endif

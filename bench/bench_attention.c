@@ -98,24 +98,6 @@ static void run_reference(void *p) {
     }
 }
 
-typedef struct {
-  float *a, *b, *c;
-} sgemm_case;
-
-static void run_sgemm(void *p) {
-  sgemm_case *s = p;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1024, 1024, 1024, 1, s->a, 1024, s->b, 1024, 0, s->c, 1024);
-}
-
-static double sgemm_rate(void) {
-  sgemm_case s = {malloc(4 << 22), malloc(4 << 22), malloc(4 << 22)};
-  bench_fill(s.a, 1 << 20, 1), bench_fill(s.b, 1 << 20, 2);
-  double t = bench_time(run_sgemm, &s), flops = 2.0 * 1024 * 1024 * 1024;
-  bench_row("cblas_sgemm", "1024x1024x1024", t, flops, 0, 0, "(reference)");
-  free(s.a), free(s.b), free(s.c);
-  return flops / t;
-}
-
 /* Worst |a - b| / (atol + rtol |b|) over n floats; NaN fails. */
 static double scaled_err(const float *a, const float *b, int64_t n, double atol, double rtol) {
   double worst = 0;
@@ -218,7 +200,7 @@ static void memory_row(void) {
 
 void bench_attention(void) {
   sn_ctx_init(&ctx);
-  double sgemm = sgemm_rate();
+  double sgemm = bench_sgemm_rate();
   case_row(256, false, true, sgemm);
   case_row(1024, false, true, sgemm);
   case_row(4096, false, false, sgemm);

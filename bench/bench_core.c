@@ -3,6 +3,7 @@
  *
  *   build/bench/seqnn_bench [suite]   runs every suite, or only the one named; the rows
  *                                     also go to results.tsv beside the binary */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -152,6 +153,24 @@ static void header(void) {
   printf(ROW_FMT, "kernel", "shape", "threads", "simd", "ms", "GFLOP/s", "GB/s", "x_ref", "ref");
 }
 
+typedef struct {
+  float *a, *b, *c;
+} sgemm_case;
+
+static void run_sgemm(void *p) {
+  sgemm_case *s = p;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1024, 1024, 1024, 1, s->a, 1024, s->b, 1024, 0, s->c, 1024);
+}
+
+double bench_sgemm_rate(void) {
+  sgemm_case s = {malloc(4 << 22), malloc(4 << 22), malloc(4 << 22)};
+  bench_fill(s.a, 1 << 20, 1), bench_fill(s.b, 1 << 20, 2);
+  double t = bench_time(run_sgemm, &s), flops = 2.0 * 1024 * 1024 * 1024;
+  bench_row("cblas_sgemm", "1024x1024x1024", t, flops, 0, 0, "(reference)");
+  free(s.a), free(s.b), free(s.c);
+  return flops / t;
+}
+
 static const struct {
   const char *name;
   void (*run)(void);
@@ -160,6 +179,7 @@ static const struct {
     {"memory", bench_memory},
     {"nn", bench_nn},
     {"attention", bench_attention},
+    {"scan", bench_scan},
 };
 
 int main(int argc, char **argv) {
