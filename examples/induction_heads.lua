@@ -57,22 +57,10 @@ local function run(mixer)
   local opt = sn.optim.AdamW(model:parameters(), { lr = opts.lr, weight_decay = 0.0 })
   local schedule = sn.optim.schedule.warmup_cosine{ lr = opts.lr, warmup = opts.steps // 20, total = opts.steps,
     min_lr = opts.lr / 10 }
-  local t0, loss = sn.clock(), nil
-  for step = 1, opts.steps do
-    schedule:apply(opt, step)
-    local x, y = train:batch(opts.batch)
-    model:zero_grad()
-    loss = sn.F.cross_entropy(model(x), y)
-    loss:backward()
-    sn.optim.clip_grad_norm(model:parameters(), 1.0)
-    opt:step()
-    if step % 50 == 0 or step == opts.steps then
-      io.write(("\r%-10s step %5d/%d  loss %.3f  %.0f s"):format(mixer, step, opts.steps, loss:item(), sn.clock() - t0))
-      io.flush()
-    end
-  end
-  print()
-  local row = { name = mixer, params = model:num_parameters(), seconds = sn.clock() - t0, acc = {} }
+  print(("== %s"):format(mixer))
+  local summary = sn.train.fit{ model = model, optimizer = opt, schedule = schedule, data = train, steps = opts.steps,
+    batch = opts.batch, clip = 1.0, eval_batches = 2 }
+  local row = { name = mixer, params = model:num_parameters(), seconds = summary.total_time, acc = {} }
   for i, k in ipairs(multiples) do row.acc[i] = accuracy(model, k * opts.length) end
   return row
 end

@@ -48,23 +48,11 @@ local function run(name, selective)
   local opt = sn.optim.AdamW(model:parameters(), { lr = opts.lr, weight_decay = 0.0 })
   local schedule = sn.optim.schedule.warmup_cosine{ lr = opts.lr, warmup = opts.steps // 20, total = opts.steps,
     min_lr = opts.lr / 10 }
-  local t0, loss = sn.clock(), nil
-  for step = 1, opts.steps do
-    schedule:apply(opt, step)
-    local x, y = task:batch(opts.batch)
-    model:zero_grad()
-    loss = sn.F.cross_entropy(model(x), y)
-    loss:backward()
-    sn.optim.clip_grad_norm(model:parameters(), 1.0)
-    opt:step()
-    if step % 100 == 0 or step == opts.steps then
-      io.write(("\r%-22s step %5d/%d  loss %.3f  %.0f s"):format(name, step, opts.steps, loss:item(), sn.clock() - t0))
-      io.flush()
-    end
-  end
-  print()
-  return { name = name, params = model:num_parameters(), loss = loss:item(), acc = accuracy(model, opts.eval),
-           seconds = sn.clock() - t0 }
+  print(("== %s"):format(name))
+  local summary = sn.train.fit{ model = model, optimizer = opt, schedule = schedule, data = task, steps = opts.steps,
+    batch = opts.batch, clip = 1.0, eval_batches = 2 }
+  return { name = name, params = model:num_parameters(), loss = summary.loss, acc = accuracy(model, opts.eval),
+           seconds = summary.total_time }
 end
 
 local rows = { run("Mamba (selective)", true), run("Mamba, no selection", false) }
