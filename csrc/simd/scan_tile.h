@@ -42,11 +42,13 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 #define st(p, v) (*(vfu *)(p) = (v))
 /* a - 0 is a for every float (a + 0 is not, for a = -0), so this folds to a broadcast. */
 #define splat(a) ((a) - (vf){0})
-/* Lanes where a < b as an all-ones mask, by the sign of a - b: an arithmetic shift, which
- * every ISA has for 16-lane vectors, where a comparison of them is done lane by lane in
- * scalar code without AVX-512. Exact for a, b not NaN (a - b is exact when they are
- * close, and far apart its sign is right anyway). */
-#define lanes_below(a, b) ((vi)((a) - (b)) >> 31)
+/* All-ones where the sign bit of v is set: the sign shifted down (logical, so defined for
+ * every value) and negated. Shifts exist for 16-lane vectors on every ISA, where a
+ * comparison of them is done lane by lane in scalar code without AVX-512. */
+#define sign_mask(v) ((vi)(-((vu)(v) >> 31)))
+/* Lanes where a < b as an all-ones mask, by the sign of a - b. Exact for a, b not NaN
+ * (a - b is exact when they are close, and far apart its sign is right anyway). */
+#define lanes_below(a, b) sign_mask((a) - (b))
 /* Where `mask`, b, else a. */
 #define vselect(mask, a, b) ((vf)(((vi)(a) & ~(mask)) | ((vi)(b) & (mask))))
 
@@ -81,7 +83,7 @@ INLINE void vexp2(vf *xp) {
   /* Clamped to [-127, 128], 2^n is an exponent field of 0 (giving 0) .. 255 (giving inf).
    * Adding 1.5 * 2^23 + 127 rounds x to an integer whose low mantissa bits are n + 127.
    * A NaN x is set back at the end (the clamps do not keep it). */
-  vi nan = (0x7f800000 - ((vi)x & 0x7fffffff)) >> 31;
+  vi nan = sign_mask(0x7f800000 - ((vi)x & 0x7fffffff));
   x = vselect(lanes_below(x, -127.0f), x, splat(-127.0f));
   x = vselect(lanes_below(128.0f, x), x, splat(128.0f));
   vf r = x + 12583039.0f;
