@@ -74,6 +74,8 @@ describe("autograd", function()
       function(x) return x:sum(3, true):expand(2, 3, 4) end,
       function(x) return x:clone() end,
       function(x) return x:index_select(2, sn.tensor({ 2, 0, 2 }, "i64")) end,
+      function(x) return x:index_select(1, sn.tensor({ 1, 1 }, "i64")) end,
+      function(x) return x:index_select(3, sn.tensor({ 3, 0, 1, 0, 3 }, "i64")) end,
       function(x) return x:flatten() end,
     }
     for i, f in ipairs(cases) do assert.is_true(gradcheck(f, { a }), "case " .. i) end

@@ -210,13 +210,16 @@ return function(sn)
     z:select(dim, index):copy_(g)
     return z
   end)
+  -- Rows of g summed into the rows they were read from: with dim moved to the front and the
+  -- other dims flattened, that is the embedding backward (one C pass, repeated ids summed).
   view_op("index_select", function(g, x, dim, index)
-    local z = core.zeros(x:shape())
-    local ids = index:totable()
-    for k, id in ipairs(ids) do
-      z:select(dim, id + 1):add_(g:select(dim, k))
-    end
-    return z
+    if dim < 0 then dim = dim + x:dim() + 1 end
+    local front = dim == 1 and g:contiguous() or g:transpose(1, dim):contiguous()
+    local shape = front:shape()
+    local rows = core.k_embedding_bwd(front:view(shape[1], -1), index, x:size(dim))
+    shape[1] = x:size(dim)
+    rows = rows:view(shape)
+    return dim == 1 and rows or rows:transpose(1, dim)
   end)
 
   -- In-place updates of a tensor the tape may have saved would corrupt its gradients.
