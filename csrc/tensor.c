@@ -1,6 +1,8 @@
 /* tensor.c -- storage (refcounted, 64-byte aligned, counted on sn_ctx), tensor views, and
  * the strided copy that contiguous/clone/dtype conversion are built on. */
 #include <omp.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,6 +51,61 @@ static void set_contiguous_strides(sn_tensor *t) {
   }
 }
 
+/* A released storage of at least CACHE_MIN bytes leaves its block here for the next
+ * request of the same size (up to CACHE_SLOTS blocks, CACHE_BYTES in all; beyond, blocks
+ * go back to malloc). A training step asks for the same activation sizes every time, and
+ * a fresh large malloc is an mmap whose pages fault on first touch: ~1000 faults per GPT
+ * step without it. Off under AddressSanitizer, so that a use after free stays visible. */
+#define CACHE_MIN ((size_t)1 << 20)
+#define CACHE_SLOTS 64
+#define CACHE_BYTES ((size_t)256 << 20)
+#if defined(__SANITIZE_ADDRESS__)
+#define CACHE_ON 0
+#else
+#define CACHE_ON 1
+#endif
+
+static struct {
+  void *block;
+  size_t bytes;
+} cache[CACHE_SLOTS];
+static size_t cache_bytes;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* A kept block of exactly `bytes`, or a new one. */
+static void *block_alloc(size_t bytes) {
+  if (CACHE_ON && bytes >= CACHE_MIN) {
+    void *found = NULL;
+    pthread_mutex_lock(&cache_lock);
+    for (int i = 0; i < CACHE_SLOTS && !found; i++)
+      if (cache[i].block && cache[i].bytes == bytes) {
+        found = cache[i].block;
+        cache[i].block = NULL;
+        cache_bytes -= bytes;
+      }
+    pthread_mutex_unlock(&cache_lock);
+    if (found) return found;
+  }
+  return malloc(bytes);
+}
+
+static void block_free(void *block, size_t bytes) {
+  if (CACHE_ON && bytes >= CACHE_MIN) {
+    bool kept = false;
+    pthread_mutex_lock(&cache_lock);
+    if (cache_bytes + bytes <= CACHE_BYTES)
+      for (int i = 0; i < CACHE_SLOTS && !kept; i++)
+        if (!cache[i].block) {
+          cache[i].block = block, cache[i].bytes = bytes;
+          cache_bytes += bytes;
+          kept = true;
+        }
+    pthread_mutex_unlock(&cache_lock);
+    if (kept) return;
+  }
+  free(block);
+}
+
 _Static_assert(sizeof(sn_storage) <= SN_ALIGN, "the storage header must fit before its data");
 
 /* The storage header and its data share one aligned block (data at +SN_ALIGN): one
@@ -65,7 +122,7 @@ static sn_storage *storage_new(sn_ctx *ctx, int64_t nbytes) {
   /* malloc plus alignment by hand, not posix_memalign: glibc serves small mallocs from
    * per-thread caches, while aligned requests split and coalesce chunks, which made a loop
    * of tiny tensors slow down as the heap fragmented. */
-  void *block = malloc((size_t)(2 * SN_ALIGN + rounded));
+  void *block = block_alloc((size_t)(2 * SN_ALIGN + rounded));
   if (!block) {
     sn_fail(ctx, SN_ENOMEM, "seqnn: out of memory: requested %.1f MiB; live %.1f MiB",
             nbytes / 1048576.0, ctx->live_bytes / 1048576.0);
@@ -118,9 +175,13 @@ void sn_tensor_release(sn_tensor *t) {
   sn_storage *s = t->storage;
   t->storage = NULL;
   if (!s || --s->refcount > 0) return;
-  if (s->release) s->release(s->release_ud, s->data, s->nbytes); /* wrapped: data is not ours */
-  else if (s->ctx) s->ctx->live_bytes -= s->nbytes;               /* data lives in s's block */
-  free(s->block);
+  if (s->release) { /* wrapped: data is not ours, the block is the header alone */
+    s->release(s->release_ud, s->data, s->nbytes);
+    free(s->block);
+    return;
+  }
+  if (s->ctx) s->ctx->live_bytes -= s->nbytes; /* data lives in s's block */
+  block_free(s->block, (size_t)(2 * SN_ALIGN + s->nbytes));
 }
 
 void sn_tensor_share(sn_tensor *dst, const sn_tensor *src) {
