@@ -5,12 +5,7 @@
 # peer's `skip: ...` line. Compare with the
 # "attention fwd+bwd B4 T1024 H8 Dh64 causal" row of `build/bench/seqnn_bench attention`.
 cd "$(dirname "$0")" || exit 1
-# Debian's python3-torch is installed for /usr/bin/python3, which another python3 on PATH
-# (pyenv, a venv) would hide; PYTHON overrides.
-PYTHON=${PYTHON:-/usr/bin/python3}
-[ -x "$PYTHON" ] || PYTHON=python3
-JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-[ -r "$JEMALLOC" ] || JEMALLOC=
+. ./env.sh
 results=
 for policy in PASSIVE ACTIVE; do
   out=$(LD_PRELOAD=$JEMALLOC OMP_WAIT_POLICY=$policy "$PYTHON" attention_torch.py 2>&1)

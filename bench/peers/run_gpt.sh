@@ -3,12 +3,7 @@
 # and ACTIVE, and prints the faster as `train_tokens_per_s N (OMP_WAIT_POLICY=...)`,
 # or the peer's `skip: ...` line. bench/bench_gpt.lua reads that last line.
 cd "$(dirname "$0")" || exit 1
-# Debian's python3-torch is installed for /usr/bin/python3, which another python3 on PATH
-# (pyenv, a venv) would not see.
-PYTHON=${PYTHON:-/usr/bin/python3}
-[ -x "$PYTHON" ] || PYTHON=python3
-JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-[ -r "$JEMALLOC" ] || JEMALLOC=
+. ./env.sh
 best='' best_policy=''
 for policy in PASSIVE ACTIVE; do
   out=$(LD_PRELOAD=$JEMALLOC OMP_WAIT_POLICY=$policy PYTHONDONTWRITEBYTECODE=1 "$PYTHON" gpt_torch.py 2>&1)

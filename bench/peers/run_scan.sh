@@ -15,12 +15,7 @@
 # long block, scan, all; default all). 5.3 minutes here with the machine loaded (load average
 # ~4 on 2 cores), a third of it the T=16384 run.
 cd "$(dirname "$0")" || exit 1
-# Debian's python3-torch is installed for /usr/bin/python3, which another python3 on PATH
-# (pyenv, a venv) would not see; PYTHON overrides.
-PYTHON=${PYTHON:-/usr/bin/python3}
-[ -x "$PYTHON" ] || PYTHON=python3
-JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-[ -r "$JEMALLOC" ] || JEMALLOC=
+. ./env.sh
 want=" ${*:-all} "
 case $want in *" all "*|*" scan "*) long=1 ;; *" long "*) long=1 ;; *) long= ;; esac
 # everything but `long` runs under both policies
