@@ -115,13 +115,15 @@ local function flip_time(x)
 end
 
 -- init_cache(batch): the decoding state, O(1) in the length: the last d_conv - 1 inputs of
--- the convolution (B, d_conv - 1, d_inner) and the scan state (B, d_inner, d_state).
+-- the convolution (B, d_conv - 1, d_inner) and the scan state (B, d_inner, d_state), and
+-- A = -exp(A_log), which the weights fix for a whole generation (not recomputed per token).
 function Mamba:init_cache(batch)
   if self.bidirectional then
     error(("%s: a bidirectional layer sees the future, so it cannot decode step by step"):format(NAME), 2)
   end
   return { conv = sn.zeros(batch, math.max(self.d_conv - 1, 1), self.d_inner),
-           ssm = sn.zeros(batch, self.d_inner, self.d_state), length = 0 }
+           ssm = sn.zeros(batch, self.d_inner, self.d_state), length = 0,
+           A = sn.no_grad(function() return -self.A_log:exp() end) }
 end
 
 -- One token x (B,d_model) through the cache, without autograd: O(1) time and memory.
@@ -146,7 +148,7 @@ function Mamba:step(x, cache)
       delta = sn.zeros(B, Di)
       Bm, Cm, dt_bias = self.B:view(1, N):expand(B, N), self.C:view(1, N):expand(B, N), self.dt_bias
     end
-    local y = sn.core.k_selective_scan_step(cache.ssm, xc, delta, -self.A_log:exp(), Bm, Cm, self.D, z, dt_bias, true)
+    local y = sn.core.k_selective_scan_step(cache.ssm, xc, delta, cache.A, Bm, Cm, self.D, z, dt_bias, true)
     cache.length = cache.length + 1
     return self.out_proj(y)
   end)
