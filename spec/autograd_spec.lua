@@ -81,6 +81,22 @@ describe("autograd", function()
     for i, f in ipairs(cases) do assert.is_true(gradcheck(f, { a }), "case " .. i) end
   end)
 
+  it("adds the gradients of several narrows of one tensor into one buffer", function()
+    local x = sn.randn(6, 3):requires_grad(true)
+    local h = x * 1 -- a node output, so the narrows' gradients meet in a slot, not in x.grad
+    local a, b = h:narrow(1, 1, 4), h:narrow(1, 3, 4) -- overlapping rows 3 and 4
+    local c = h:narrow(1, 1, 3) + h:narrow(1, 1, 3)  -- add hands one gradient to both
+    local y = (a * 2):sum() + (b * 3):sum() + c:sum() + h:sum()
+    y:backward()
+    for r = 1, 6 do
+      local want = 1 + (r <= 4 and 2 or 0) + (r >= 3 and 3 or 0) + (r <= 3 and 2 or 0)
+      for col = 1, 3 do assert.are.equal(want, x.grad[r][col]) end
+    end
+    local leaf = sn.randn(5, 2):requires_grad(true) -- slices straight into a leaf's grad
+    ;(leaf:narrow(1, 2, 2):sum() + leaf:narrow(1, 3, 3):sum() * 2):backward()
+    assert.are.same({ { 0, 0 }, { 1, 1 }, { 3, 3 }, { 2, 2 }, { 2, 2 } }, leaf.grad:totable())
+  end)
+
   it("accumulates gradients across uses and backward calls", function()
     local x = sn.tensor({ 1, 2, 3 }):requires_grad()
     local y = (x * x + x):sum() -- dy/dx = 2x + 1

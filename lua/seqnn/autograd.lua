@@ -108,17 +108,47 @@ local function order_nodes(root_node)
   return order -- post-order: consumers last; iterate backwards
 end
 
+-- A gradient that is zero outside one slice of its input (a narrow's backward): g fills
+-- input:narrow(dim, start, len). Accumulation adds it into one buffer per input, so the
+-- narrows of one tensor (q|k|v, x|z, dt|B|C) cost one zero-filled gradient, not one each.
+local Slice = {}
+function autograd.slice_grad(g, dim, start, len)
+  return setmetatable({ g = g, dim = dim, start = start, len = len }, Slice)
+end
+
+local function is_slice(g) return getmetatable(g) == Slice end
+
+-- g added into buf, a tensor of the input's shape that this backward owns.
+local function add_into(buf, g)
+  if is_slice(g) then buf:narrow(g.dim, g.start, g.len):add_(g.g) else buf:add_(g) end
+end
+
+-- A new buffer of the input's shape holding g.
+local function materialize(input, g)
+  if not is_slice(g) then return g:is_contiguous() and g:clone() or g:contiguous() end
+  local z = core.zeros(input:shape())
+  z:narrow(g.dim, g.start, g.len):copy_(g.g)
+  return z
+end
+
 local function accumulate_leaf(t, g)
   local have = t.grad
   if have == nil then
     -- A fresh copy: g may be a view shared with other gradients or the upstream gradient.
-    t.grad = g:is_contiguous() and g:clone() or g:contiguous()
+    t.grad = materialize(t, g)
   else
-    have:add_(g)
+    add_into(have, g)
   end
 end
 
 local function check_grad(node, i, input, g)
+  if is_slice(g) then
+    if not is_tensor(g.g) then
+      error(("seqnn.backward: '%s' returned a slice gradient of a %s for input %d"):format(node.name, type(g.g), i), 0)
+    end
+    input = input:narrow(g.dim, g.start, g.len)
+    g = g.g
+  end
   if not is_tensor(g) then
     error(("seqnn.backward: '%s' returned a %s as the gradient of input %d"):format(
       node.name, type(g), i), 0)
@@ -152,6 +182,9 @@ function autograd.backward(t, gradient)
     return
   end
   local grads = { [root] = { [t._out] = gradient } }
+  -- Slot tensors this backward made itself (sums, slice buffers): only those are added
+  -- into in place; a gradient a backward returned may be shared with another input.
+  local owned = {}
   local order = order_nodes(root)
   local was = state.enabled
   state.enabled = false -- gradients are not differentiated again
@@ -163,6 +196,9 @@ function autograd.backward(t, gradient)
       local fn, inputs = node.backward, node.inputs
       node.backward, node.inputs = nil, nil -- releases what the closure saved
       if outs then
+        for j = 1, node.noutputs do
+          if outs[j] ~= nil then owned[outs[j]] = nil end -- handed to fn: no longer ours to change
+        end
         local gin = table.pack(fn(table.unpack(outs, 1, node.noutputs)))
         for i = 1, node.ninputs do
           local input, g = inputs[i], gin[i]
@@ -173,7 +209,21 @@ function autograd.backward(t, gradient)
               local slot = grads[child]
               if not slot then slot = {}; grads[child] = slot end
               local j = input._out
-              slot[j] = slot[j] and core.add(slot[j], g) or g
+              local have = slot[j]
+              if have == nil then
+                if is_slice(g) then
+                  slot[j] = materialize(input, g)
+                  owned[slot[j]] = true
+                else
+                  slot[j] = g
+                end
+              elseif owned[have] then
+                add_into(have, g)
+              else
+                local sum = materialize(input, have)
+                add_into(sum, g)
+                slot[j], owned[sum] = sum, true
+              end
             else
               accumulate_leaf(input, g)
             end
