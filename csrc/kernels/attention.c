@@ -29,10 +29,6 @@
 
 static const char *FN = "seqnn.F.attention";
 
-static const sn_attn_ops *attn_ops(void) {
-  const char *n = sn_vec->name;
-  return strcmp(n, "avx512") == 0 ? &sn_attn_avx512 : strcmp(n, "avx2") == 0 ? &sn_attn_avx2 : &sn_attn_scalar;
-}
 
 static int64_t pad16(int64_t n) { return (n + ATTN_W - 1) / ATTN_W * ATTN_W; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -345,7 +341,7 @@ sn_status sn_attention_fwd(sn_ctx *ctx, sn_tensor *o, sn_tensor *lse, const sn_t
   }
   bool varlen = P.cuq != NULL;
   view vq = view_of(q, varlen), vk = view_of(k, varlen), vv = view_of(v, varlen), vo = view_of(o, varlen);
-  const sn_attn_ops *A = attn_ops();
+  const sn_attn_ops *A = sn_attn_current();
   float *plse = sn_f32(lse);
   int64_t items = first[P.nseq];
 #pragma omp parallel num_threads(nt)
@@ -582,7 +578,7 @@ sn_status sn_attention_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor 
     firstq[s + 1] = firstq[s] + P.H * ((tq + BR - 1) / BR);
   }
   bool varlen = P.cuq != NULL;
-  bwd_args args = {.P = &P, .A = attn_ops(), .q = view_of(q, varlen), .o = view_of(o, varlen),
+  bwd_args args = {.P = &P, .A = sn_attn_current(), .q = view_of(q, varlen), .o = view_of(o, varlen),
                    .dout = view_of(dout, varlen), .dq = view_of(dq, varlen), .dk = view_of(dk, varlen),
                    .dv = view_of(dv, varlen), .lse = sn_f32(lse), .kvoff = kvoff};
   view vk = view_of(k, varlen), vv = view_of(v, varlen);
@@ -659,7 +655,7 @@ sn_status sn_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *k_cache, sn_te
   if (!w) return SN_ENOMEM;
   int64_t items = B * P.H;
   const float *pq = sn_f32(q);
-  const sn_attn_ops *A = attn_ops();
+  const sn_attn_ops *A = sn_attn_current();
   float *po = sn_f32(o), scale = P.scale;
 #pragma omp parallel for schedule(static) num_threads(nt) if (items * n * D > 32768)
   for (int64_t it = 0; it < items; it++) {

@@ -38,4 +38,8 @@ typedef struct sn_attn_ops {
 
 extern const sn_attn_ops sn_attn_scalar, sn_attn_avx2, sn_attn_avx512;
 
+/* The table of the current dispatch level (sn_vec's, so SEQNN_SIMD lowers both alike). Its
+ * mm is also the small single-threaded product of the chunked linear-attention kernels. */
+const sn_attn_ops *sn_attn_current(void);
+
 #endif

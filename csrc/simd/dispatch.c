@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simd/attn.h"
 #include "simd/gemm.h"
 #include "simd/vec.h"
 
@@ -43,3 +44,7 @@ const char *sn_simd_level(void) { return sn_vec->name; }
 /* Here, not in gemm_avx512.c: that file is built with AVX-512 flags and must not run on
  * CPUs without it. */
 bool sn_gemm_avx512_available(void) { return own_gemm; }
+
+const sn_attn_ops *sn_attn_current(void) {
+  return sn_vec == &sn_vec_avx512 ? &sn_attn_avx512 : sn_vec == &sn_vec_avx2 ? &sn_attn_avx2 : &sn_attn_scalar;
+}
