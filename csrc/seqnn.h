@@ -524,4 +524,57 @@ sn_status sn_causal_conv1d_bwd(sn_ctx *ctx, sn_tensor *dx, sn_tensor *dw, sn_ten
 sn_status sn_causal_conv1d_step(sn_ctx *ctx, sn_tensor *y, sn_tensor *state, const sn_tensor *x,
                                 const sn_tensor *w, const sn_tensor *bias, bool silu);
 
+/* ---- linear attention family: gated linear attention and the delta rule -------------------
+ * (kernels/linear_attention.c, kernels/delta_rule.c). Per (batch b, head h), with the
+ * state S (Dk, Dv), S_{-1} = initial_state[b,h] or 0, and s = scale (the bindings default
+ * it to 1/sqrt(Dk)):
+ *   gated_linear_attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,    o_t = S_t^T (s q_t)
+ *     g: NULL (no decay: plain linear attention), (B,T,H) one log gate per head (RetNet,
+ *     Mamba-2) or (B,T,H,Dk) one per key dim (GLA). Every g must be <= 0 (a log forget
+ *     gate: the chunked form relies on decays <= 1); a positive one fails with SN_EINVAL
+ *     naming the first (fwd and bwd find it as they read g, and leave their outputs
+ *     unspecified). -inf (a full reset) is exact; a NaN g propagates through its head.
+ *   delta_rule: S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T,         o_t = S_t^T (s q_t)
+ *     beta (B,T,H), any real (in (0, 2) with L2-normalized keys the update is a contraction).
+ * q, k (B,T,H,Dk), v (B,T,H,Dv), g, beta: f32 views with a unit-stride last dim (a narrow
+ * of one fused projection is read in place). Training runs the chunked form over chunks of
+ * SN_LINATTN_CHUNK steps (intra-chunk products, inter-chunk state passing; the delta rule
+ * through the WY representation), threaded over (b, h).
+ * fwd: o (B,T,H,Dv) contiguous; final_state (B,H,Dk,Dv) or NULL; chunk_states
+ *   (B,H,nchunks,Dk,Dv), nchunks = ceil(T / SN_LINATTN_CHUNK), the state entering each
+ *   chunk (chunk 0: the initial state), saved for bwd, or NULL.
+ * bwd: dq, dk (B,T,H,Dk), dv (B,T,H,Dv) contiguous, overwritten; dg (g's shape) / dbeta
+ *   (B,T,H) overwritten (dg only when g is given, and NULL skips it); dh0 (B,H,Dk,Dv)
+ *   overwritten when non-NULL (needs initial_state). dout (B,T,H,Dv) and dfinal (B,H,Dk,Dv)
+ *   (or NULL) may be views like the inputs; chunk_states as fwd made it.
+ * step (decode): one token; q, k (B,1,H,Dk), v (B,1,H,Dv), g (B,1,H[,Dk]) / beta (B,1,H);
+ *   state (B,H,Dk,Dv) contiguous, updated in place; o (B,1,H,Dv) contiguous. O(H Dk Dv) per
+ *   sequence, equal to the chunked forward token by token. opts->initial_state is ignored. */
+#define SN_LINATTN_CHUNK 64
+typedef struct sn_linattn_opts {
+  float scale;
+  const sn_tensor *initial_state; /* (B,H,Dk,Dv) or NULL */
+} sn_linattn_opts;
+
+sn_status sn_gated_linear_attention_fwd(sn_ctx *ctx, sn_tensor *o, sn_tensor *final_state, sn_tensor *chunk_states,
+                                        const sn_tensor *q, const sn_tensor *k, const sn_tensor *v,
+                                        const sn_tensor *g, const sn_linattn_opts *opts);
+sn_status sn_gated_linear_attention_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor *dv, sn_tensor *dg,
+                                        sn_tensor *dh0, const sn_tensor *dout, const sn_tensor *dfinal,
+                                        const sn_tensor *chunk_states, const sn_tensor *q, const sn_tensor *k,
+                                        const sn_tensor *v, const sn_tensor *g, const sn_linattn_opts *opts);
+sn_status sn_gated_linear_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const sn_tensor *q,
+                                         const sn_tensor *k, const sn_tensor *v, const sn_tensor *g,
+                                         const sn_linattn_opts *opts);
+
+sn_status sn_delta_rule_fwd(sn_ctx *ctx, sn_tensor *o, sn_tensor *final_state, sn_tensor *chunk_states,
+                            const sn_tensor *q, const sn_tensor *k, const sn_tensor *v, const sn_tensor *beta,
+                            const sn_linattn_opts *opts);
+sn_status sn_delta_rule_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor *dv, sn_tensor *dbeta,
+                            sn_tensor *dh0, const sn_tensor *dout, const sn_tensor *dfinal,
+                            const sn_tensor *chunk_states, const sn_tensor *q, const sn_tensor *k,
+                            const sn_tensor *v, const sn_tensor *beta, const sn_linattn_opts *opts);
+sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const sn_tensor *q, const sn_tensor *k,
+                             const sn_tensor *v, const sn_tensor *beta, const sn_linattn_opts *opts);
+
 #endif /* SEQNN_H */

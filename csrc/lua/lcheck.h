@@ -68,5 +68,9 @@ void sn_lua_open_rope(lua_State *L);
 void sn_lua_open_scan(lua_State *L);
 /* Registers the causal conv1d kernels as core.k_causal_conv1d_* (lconv1d.c). */
 void sn_lua_open_conv1d(lua_State *L);
+/* Registers core.k_gated_linear_attention_* (llinear_attention.c). */
+void sn_lua_open_linear_attention(lua_State *L);
+/* Registers core.k_delta_rule_* (ldelta_rule.c). */
+void sn_lua_open_delta_rule(lua_State *L);
 
 #endif
