@@ -109,6 +109,24 @@ for _, name in ipairs({ "gelu", "silu", "softplus", "tanh", "sigmoid", "exp", "l
   F[name] = function(x) return x[name](x) end
 end
 
+-- elu(x): x for x > 0, exp(x) - 1 otherwise (alpha = 1); its derivative is exp(min(x, 0)).
+function F.elu(x)
+  check_tensor("elu", "x", x, 1)
+  local e = core.exp(core.minimum(x, 0))
+  local y = core.maximum(x, 0):add_(e):sub_(1)
+  record("elu", { x }, y, function(g) return g * e end)
+  return y
+end
+
+-- logsigmoid(x) = -softplus(-x), stable for large |x| (GLA's gates: logsigmoid(x) / 16).
+function F.logsigmoid(x) return -F.softplus(-x) end
+
+-- l2_normalize(x [, eps = 1e-6]): x / sqrt(sum(x^2) + eps) over the last dim (DeltaNet's q, k).
+function F.l2_normalize(x, eps)
+  check_tensor("l2_normalize", "x", x, 1)
+  return x * ((x * x):sum(-1, true) + (eps or 1e-6)):rsqrt()
+end
+
 -- dropout(x, p [, training = true]): zeroes elements with probability p and scales the
 -- rest by 1/(1-p); the mask comes from the seqnn generator (sn.manual_seed).
 function F.dropout(x, p, training)
@@ -362,6 +380,111 @@ function F.causal_conv1d(x, weight, bias, opts)
     return dx, dw, db
   end)
   return y
+end
+
+-- The options of the linear-attention kernels: scale (default 1/sqrt(Dk)), initial_state
+-- (B,H,Dk,Dv), return_state (bool).
+local linear_opts = { scale = true, initial_state = true, return_state = true }
+
+local function linear_attention_opts(fn, q, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error(("seqnn.F.%s: opts must be a table {scale =, initial_state =, return_state =}, got %s"):format(
+      fn, type(opts)), 3)
+  end
+  for key in pairs(opts) do
+    if not linear_opts[key] then error(("seqnn.F.%s: unknown option '%s'"):format(fn, tostring(key)), 3) end
+  end
+  local h0 = opts.initial_state
+  if h0 ~= nil and not core.is_tensor(h0) then
+    error(("seqnn.F.%s: opts.initial_state must be a seqnn.Tensor, got %s"):format(fn, type(h0)), 3)
+  end
+  local scale = opts.scale
+  if scale == nil then
+    scale = q:dim() == 4 and q:size(4) > 0 and 1 / math.sqrt(q:size(4)) or 1
+  elseif type(scale) ~= "number" then
+    error(("seqnn.F.%s: opts.scale must be a number, got %s"):format(fn, type(scale)), 3)
+  end
+  return scale, h0, opts.return_state == true
+end
+
+-- One tape node over a chunked linear-attention kernel: name's core fwd/bwd with the gate
+-- (g or beta) as the fourth input.
+local function linear_attention_node(name, q, k, v, gate, opts)
+  check_tensor(name, "q", q, 1)
+  check_tensor(name, "k", k, 2)
+  check_tensor(name, "v", v, 3)
+  if gate ~= nil or name == "delta_rule" then check_tensor(name, name == "delta_rule" and "beta" or "g", gate, 4) end
+  local scale, h0, want_state = linear_attention_opts(name, q, opts)
+  local inputs = { q, k, v, gate, h0, n = 5 }
+  local grad = false
+  if autograd.is_enabled() then
+    for i = 1, 5 do grad = grad or tracked(inputs[i]) end
+  end
+  local fwd, bwd = core["k_" .. name .. "_fwd"], core["k_" .. name .. "_bwd"]
+  local o, final, chunks = fwd(q, k, v, gate, scale, h0, want_state, grad)
+  if grad then
+    record(name, inputs, want_state and { o, final } or o, function(go, gfinal)
+      go = go or core.zeros(o:shape())
+      local dq, dk, dv, dgate, dh0 = bwd(go, gfinal, chunks, q, k, v, gate, scale, h0)
+      chunks:free()
+      q, k, v, gate, h0, chunks = nil, nil, nil, nil, nil, nil
+      return dq, dk, dv, dgate, dh0
+    end)
+  end
+  if want_state then return o, final end
+  return o
+end
+
+-- gated_linear_attention(q, k, v [, g] [, opts]): per (batch, head) the recurrence
+--   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale q_t)
+-- q, k (B,T,H,Dk), v (B,T,H,Dv) -> o (B,T,H,Dv). g: nil (plain linear attention), (B,T,H)
+-- one log forget gate per head (RetNet, Mamba-2) or (B,T,H,Dk) one per key dim (GLA); every
+-- g <= 0. opts: scale (default 1/sqrt(Dk)), initial_state (B,H,Dk,Dv), return_state (the
+-- final state (B,H,Dk,Dv) is the second result). Runs chunk by chunk (intra-chunk products,
+-- inter-chunk state passing); inputs may be views of one projection. One tape node.
+function F.gated_linear_attention(q, k, v, g, opts)
+  if opts == nil and type(g) == "table" and not core.is_tensor(g) then g, opts = nil, g end
+  return linear_attention_node("gated_linear_attention", q, k, v, g, opts)
+end
+
+-- delta_rule(q, k, v, beta [, opts]): DeltaNet's recurrence per (batch, head)
+--   S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T,   o_t = S_t^T (scale q_t)
+-- q, k (B,T,H,Dk), v (B,T,H,Dv), beta (B,T,H) -> o (B,T,H,Dv); keys are expected
+-- L2-normalized (then beta in (0, 2) keeps the state bounded). opts as for
+-- gated_linear_attention. Chunked through the WY representation; one tape node.
+function F.delta_rule(q, k, v, beta, opts)
+  return linear_attention_node("delta_rule", q, k, v, beta, opts)
+end
+
+-- gated_linear_attention_step(q, k, v, g, state [, {scale =}]) and
+-- delta_rule_step(q, k, v, beta, state [, {scale =}]): one decoding step, q, k (B,1,H,Dk),
+-- v (B,1,H,Dv), g (B,1,H[,Dk]) or nil, beta (B,1,H); state (B,H,Dk,Dv) contiguous, updated in
+-- place. Returns o (B,1,H,Dv), equal to the chunked forward's row for that token. O(H Dk Dv),
+-- not recorded on the tape.
+local function step_scale(fn, q, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("seqnn.F.%s: opts must be a table {scale =}, got %s"):format(fn, type(opts)), 3)
+  end
+  local scale = opts and opts.scale
+  if scale ~= nil and type(scale) ~= "number" then
+    error(("seqnn.F.%s: opts.scale must be a number, got %s"):format(fn, type(scale)), 3)
+  end
+  return scale or (q:dim() == 4 and q:size(4) > 0 and 1 / math.sqrt(q:size(4)) or 1)
+end
+
+function F.gated_linear_attention_step(q, k, v, g, state, opts)
+  check_tensor("gated_linear_attention_step", "q", q, 1)
+  check_tensor("gated_linear_attention_step", "state", state, 5)
+  local scale = step_scale("gated_linear_attention_step", q, opts)
+  return core.k_gated_linear_attention_step(state, q, k, v, g, scale)
+end
+
+function F.delta_rule_step(q, k, v, beta, state, opts)
+  check_tensor("delta_rule_step", "q", q, 1)
+  check_tensor("delta_rule_step", "state", state, 5)
+  local scale = step_scale("delta_rule_step", q, opts)
+  return core.k_delta_rule_step(state, q, k, v, beta, scale)
 end
 
 return F

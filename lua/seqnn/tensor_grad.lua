@@ -218,6 +218,57 @@ return function(sn)
     return dim == 1 and rows or rows:transpose(1, dim)
   end)
 
+  -- cat(tensors, dim): a new tensor of the tensors joined along dim (1-based, negative
+  -- from the end); they agree on every other size. Each one's gradient is its slice of g.
+  function sn.cat(list, dim)
+    if type(list) ~= "table" or #list == 0 then
+      error(("seqnn.cat: expected a non-empty list of tensors, got %s"):format(type(list)), 2)
+    end
+    for i, t in ipairs(list) do
+      if not core.is_tensor(t) then
+        error(("seqnn.cat: element %d is not a seqnn.Tensor (got %s)"):format(i, type(t)), 2)
+      end
+    end
+    local first = list[1]
+    local nd = first:dim()
+    if math.type(dim) ~= "integer" or dim == 0 or dim > nd or dim < -nd then
+      error(("seqnn.cat: dim must be an integer in [-%d, %d] other than 0, got %s"):format(nd, nd, tostring(dim)), 2)
+    end
+    if dim < 0 then dim = dim + nd + 1 end
+    local shape, total = first:shape(), 0
+    for i, t in ipairs(list) do
+      local ts = t:shape()
+      local same = #ts == nd and t:dtype() == first:dtype()
+      for d = 1, nd do same = same and (d == dim or ts[d] == shape[d]) end
+      if not same then
+        error(("seqnn.cat: tensor %d is %s %s but tensor 1 is %s %s (they may differ only in dim %d)"):format(
+          i, table.concat(ts, "x"), t:dtype(), table.concat(shape, "x"), first:dtype(), dim), 2)
+      end
+      total = total + ts[dim]
+    end
+    shape[dim] = total
+    local y = core.empty(shape, first:dtype())
+    local at, starts, grad = 1, {}, false
+    for i, t in ipairs(list) do
+      starts[i] = at
+      if t:size(dim) > 0 then y:narrow(dim, at, t:size(dim)):copy_(t) end
+      at = at + t:size(dim)
+      grad = grad or tracked(t)
+    end
+    if state.enabled and grad then
+      local inputs = { n = #list }
+      for i, t in ipairs(list) do inputs[i] = t end
+      record("cat", inputs, y, function(g)
+        local out = {}
+        for i, t in ipairs(inputs) do
+          out[i] = tracked(t) and t:size(dim) > 0 and g:narrow(dim, starts[i], t:size(dim)) or nil
+        end
+        return table.unpack(out, 1, inputs.n)
+      end)
+    end
+    return y
+  end
+
   -- In-place updates of a tensor the tape may have saved would corrupt its gradients.
   for _, name in ipairs({ "add_", "sub_", "mul_", "div_", "copy_", "fill_", "zero_" }) do
     local c = T[name]
