@@ -4,6 +4,7 @@
 --   sn.data.TextDataset{text = ..., seq = T}      samplers: ds:batch("train", B) -> x, y
 --   sn.data.SelectiveCopying{length = L, n_tokens = n, vocab = V}   synthetic tasks (Mamba, 4.1):
 --   sn.data.InductionHeads{length = L, vocab = V}    ds:batch(B) -> x, y; ds:accuracy(logits, y)
+--   sn.data.MQAR{length = L, pairs = n, vocab = V}   associative recall (Zoology, DeltaNet)
 --   sn.data.TensorDataset(x, y)                   index datasets: ds:len(), ds:get(i)
 --   sn.data.DataLoader(ds, {batch = B, shuffle = true})
 --   sn.data.default_corpus()                      the text of examples/data/tiny.txt
@@ -17,6 +18,7 @@ local data = {
   TextDataset = require "seqnn.data.TextDataset",
   SelectiveCopying = require "seqnn.data.SelectiveCopying",
   InductionHeads = require "seqnn.data.InductionHeads",
+  MQAR = require "seqnn.data.MQAR",
   DataLoader = require "seqnn.data.DataLoader",
 }
 

@@ -11,6 +11,8 @@
 --              "learned": a (context, d) table added to the embeddings, at most context
 --   mlp        "gelu", "swiglu", or "none" (Mamba's blocks: LM{..., mixer = "mamba", mlp = "none"})
 --   d_state, d_conv, expand, dt_rank, selective, bidirectional: passed to "mamba" mixers
+--   (d_state, d_conv, expand, headdim to "mamba2"; d_conv to "deltanet"); swa_window to
+--   "swa" and "liger"; feature_map to "linear" and "transnormer"; diag_block to "transnormer"
 -- Decoding: cache = model:init_cache(batch, max_len), then model:step(ids, cache) with the
 -- prompt and then one token at a time; each call returns the logits of its tokens.
 local sn = require "seqnn"
@@ -31,7 +33,8 @@ local defaults = { d = 128, layers = 4, heads = 4, context = 64, mixer = "attent
                    rope_base = 10000 }
 -- Options that only some mixers read (Mamba's), passed through to the mixer builders.
 local optional = { vocab_size = true, vocab = true, kv_heads = true, window = true, d_state = true, d_conv = true,
-                   expand = true, dt_rank = true, selective = true, bidirectional = true }
+                   expand = true, dt_rank = true, selective = true, bidirectional = true, headdim = true,
+                   feature_map = true, diag_block = true, swa_window = true }
 
 -- Raised from resolve, through __init and the class constructor, at the caller's line.
 local function fail(fmt, ...) error(NAME .. ": " .. fmt:format(...), 5) end

@@ -1,5 +1,7 @@
 -- sn.models.mixers: token mixers by name, so a model config can say which layer mixes
--- tokens how ("attention" and "mamba" here; other mixers register themselves the same way).
+-- tokens how: "attention", "swa" (sliding-window attention), "mamba", and the linear-time
+-- family "linear", "transnormer", "retnet", "gla", "liger", "mamba2", "deltanet". Other
+-- mixers register themselves the same way.
 --
 --   sn.models.mixers.register("attention", function(cfg, layer_index) return module end)
 --   sn.models.mixers.build("attention", cfg, 3)     sn.models.mixers.names()
@@ -11,6 +13,13 @@
 local Module = require "seqnn.nn.Module"
 local MultiheadAttention = require "seqnn.nn.MultiheadAttention"
 local Mamba = require "seqnn.nn.Mamba"
+local LinearAttention = require "seqnn.nn.LinearAttention"
+local DiagAttention = require "seqnn.nn.DiagAttention"
+local RetNet = require "seqnn.nn.RetNet"
+local GLA = require "seqnn.nn.GLA"
+local Liger = require "seqnn.nn.Liger"
+local Mamba2 = require "seqnn.nn.Mamba2"
+local DeltaNet = require "seqnn.nn.DeltaNet"
 local class = require "seqnn.class"
 
 local mixers = {}
@@ -56,6 +65,48 @@ end)
 mixers.register("mamba", function(cfg)
   return Mamba(cfg.d, { d_state = cfg.d_state, d_conv = cfg.d_conv, expand = cfg.expand, dt_rank = cfg.dt_rank,
     bidirectional = cfg.bidirectional, selective = cfg.selective, bias = cfg.bias })
+end)
+
+-- Causal attention over the last swa_window (default 64) tokens, for hybrids such as
+-- mixer = "deltanet,swa,deltanet,swa".
+mixers.register("swa", function(cfg)
+  return MultiheadAttention(cfg.d, cfg.heads, { kv_heads = cfg.kv_heads, rope = cfg.rope, rope_base = cfg.rope_base,
+    window = (cfg.swa_window or 64) - 1, bias = cfg.bias, dropout = cfg.dropout })
+end)
+
+-- Kernel linear attention, normalized by its denominator; cfg.feature_map (default "elu1").
+mixers.register("linear", function(cfg)
+  return LinearAttention(cfg.d, cfg.heads, { feature_map = cfg.feature_map, bias = cfg.bias })
+end)
+
+-- TransNormer: block-local softmax attention (blocks of cfg.diag_block, default 64) in the
+-- first half of the layers, NormAttention (elu features, output RMSNorm, silu gate) after.
+mixers.register("transnormer", function(cfg, layer_index)
+  if layer_index <= cfg.layers // 2 then
+    return DiagAttention(cfg.d, cfg.heads, { block = cfg.diag_block, bias = cfg.bias })
+  end
+  return LinearAttention(cfg.d, cfg.heads, { feature_map = cfg.feature_map or "elu", normalize = "output", gate = true,
+    bias = cfg.bias })
+end)
+
+mixers.register("retnet", function(cfg)
+  return RetNet(cfg.d, cfg.heads, { rope = cfg.rope, rope_base = cfg.rope_base, bias = cfg.bias })
+end)
+
+mixers.register("gla", function(cfg) return GLA(cfg.d, cfg.heads, { bias = cfg.bias }) end)
+
+mixers.register("liger", function(cfg)
+  return Liger(cfg.d, cfg.heads, { window = cfg.swa_window, rope = cfg.rope, rope_base = cfg.rope_base, bias = cfg.bias })
+end)
+
+-- Mamba-2 with its defaults; cfg.d_state, d_conv, expand and headdim pass through.
+mixers.register("mamba2", function(cfg)
+  return Mamba2(cfg.d, { d_state = cfg.d_state, d_conv = cfg.d_conv, expand = cfg.expand, headdim = cfg.headdim,
+    bias = cfg.bias })
+end)
+
+mixers.register("deltanet", function(cfg)
+  return DeltaNet(cfg.d, cfg.heads, { d_conv = cfg.d_conv, bias = cfg.bias })
 end)
 
 return mixers

@@ -7,12 +7,16 @@
 --   sn.nn.MLP{d1, ..., dn, activation = "gelu", dropout = 0}   sn.nn.SwiGLU(dim, hidden)
 --   sn.nn.MultiheadAttention(d, heads [, {kv_heads, rope, window, causal, bias, dropout}])
 --   sn.nn.Mamba(d_model [, {d_state = 16, d_conv = 4, expand = 2, dt_rank, selective, bidirectional}])
+--   sn.nn.LinearAttention(d, heads [, {feature_map, normalize, gate}])   sn.nn.DiagAttention(d, heads [, {block}])
+--   sn.nn.RetNet(d, heads)  sn.nn.GLA(d, heads)  sn.nn.Liger(d, heads [, {window}])
+--   sn.nn.Mamba2(d_model [, {d_state = 64, headdim = 64, ...}])  sn.nn.DeltaNet(d, heads [, {d_conv = 4}])
 --   sn.nn.TransformerBlock(d, heads [, {mlp, norm, mixer, ...}])
 --   sn.nn.KVCache(batch, kv_heads, max_len, head_dim)   (decoding state, not a Module)
 local nn = {}
 for _, name in ipairs({ "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
                         "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU", "KVCache",
-                        "MultiheadAttention", "Mamba", "TransformerBlock" }) do
+                        "MultiheadAttention", "Mamba", "LinearAttention", "DiagAttention", "RetNet", "GLA",
+                        "Liger", "Mamba2", "DeltaNet", "TransformerBlock" }) do
   nn[name] = require("seqnn.nn." .. name)
 end
 return nn
