@@ -137,13 +137,6 @@ typedef struct {
   ref_grads rg;
 } fixture;
 
-static sn_tensor make(int nd, const int64_t *size, uint32_t seed, double scale, double shift) {
-  sn_tensor t = tu_empty(&ctx, SN_F32, nd, size);
-  tu_fill_f32(&t, seed);
-  for (int64_t i = 0; i < sn_numel(&t); i++) sn_f32(&t)[i] = (float)(sn_f32(&t)[i] * scale + shift);
-  return t;
-}
-
 /* Each row of the last dim scaled to unit length, as DeltaNet's keys are. */
 static void l2_normalize(sn_tensor *t) {
   int64_t n = t->size[t->ndim - 1];
@@ -155,14 +148,6 @@ static void l2_normalize(sn_tensor *t) {
   }
 }
 
-static double *to_double(const sn_tensor *t) {
-  if (!t->storage) return NULL;
-  double *d = malloc(sizeof(double) * (size_t)(sn_numel(t) ? sn_numel(t) : 1));
-  for (int64_t i = 0; i < sn_numel(t); i++) d[i] = tu_get(t, i);
-  return d;
-}
-
-static double *dalloc(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(double)); }
 
 static int64_t nchunks(int64_t T) { return (T + SN_LINATTN_CHUNK - 1) / SN_LINATTN_CHUNK; }
 
@@ -171,14 +156,14 @@ static void fixture_inputs(fixture *f, const cfg *c) {
   f->c = *c;
   int64_t tk[] = {c->B, c->T, c->H, c->Dk}, tv[] = {c->B, c->T, c->H, c->Dv}, th[] = {c->B, c->T, c->H};
   int64_t st[] = {c->B, c->H, c->Dk, c->Dv};
-  f->q = make(4, tk, 1, 1, 0);
-  f->k = make(4, tk, 2, 1, 0);
+  f->q = tu_make(&ctx, 4, tk, 1, 1, 0);
+  f->k = tu_make(&ctx, 4, tk, 2, 1, 0);
   l2_normalize(&f->k);
-  f->v = make(4, tv, 3, 1, 0);
-  f->beta = make(3, th, 4, 0.475 * c->beta_max, 0.5 * c->beta_max); /* (0.025, 0.975) beta_max */
-  f->dout = make(4, tv, 5, 1, 0);
-  if (c->h0) f->h0 = make(4, st, 6, 0.5, 0), f->opts.initial_state = &f->h0;
-  if (c->dfinal) f->dfinal = make(4, st, 7, 1, 0);
+  f->v = tu_make(&ctx, 4, tv, 3, 1, 0);
+  f->beta = tu_make(&ctx, 3, th, 4, 0.475 * c->beta_max, 0.5 * c->beta_max); /* (0.025, 0.975) beta_max */
+  f->dout = tu_make(&ctx, 4, tv, 5, 1, 0);
+  if (c->h0) f->h0 = tu_make(&ctx, 4, st, 6, 0.5, 0), f->opts.initial_state = &f->h0;
+  if (c->dfinal) f->dfinal = tu_make(&ctx, 4, st, 7, 1, 0);
   f->opts.scale = (float)(1 / sqrt((double)c->Dk));
 }
 
@@ -202,15 +187,15 @@ static void fixture_run(fixture *f, bool bwd) {
 static void fixture_reference(fixture *f, bool bwd) {
   const cfg *c = &f->c;
   int64_t B = c->B, T = c->T, H = c->H, Dk = c->Dk, Dv = c->Dv;
-  double *in[] = {to_double(&f->q), to_double(&f->k), to_double(&f->v), to_double(&f->beta), to_double(&f->h0)};
+  double *in[] = {tu_to_double(&f->q), tu_to_double(&f->k), tu_to_double(&f->v), tu_to_double(&f->beta), tu_to_double(&f->h0)};
   ref_in r = {B, T, H, Dk, Dv, f->opts.scale, in[0], in[1], in[2], in[3], in[4]};
-  f->ro = dalloc(B * T * H * Dv);
-  f->hs = dalloc(B * H * (T + 1) * Dk * Dv);
+  f->ro = tu_dalloc(B * T * H * Dv);
+  f->hs = tu_dalloc(B * H * (T + 1) * Dk * Dv);
   ref_fwd(&r, f->ro, f->hs);
   if (bwd) {
-    double *dout = to_double(&f->dout), *dfinal = to_double(&f->dfinal);
-    f->rg = (ref_grads){dalloc(B * T * H * Dk), dalloc(B * T * H * Dk), dalloc(B * T * H * Dv), dalloc(B * T * H),
-                        dalloc(B * H * Dk * Dv)};
+    double *dout = tu_to_double(&f->dout), *dfinal = tu_to_double(&f->dfinal);
+    f->rg = (ref_grads){tu_dalloc(B * T * H * Dk), tu_dalloc(B * T * H * Dk), tu_dalloc(B * T * H * Dv), tu_dalloc(B * T * H),
+                        tu_dalloc(B * H * Dk * Dv)};
     ref_bwd(&r, f->hs, dout, dfinal, &f->rg);
     free(dout), free(dfinal);
   }
@@ -230,7 +215,7 @@ static void fixture_free(fixture *f) {
 static double *ref_states(const fixture *f, bool final) {
   const cfg *c = &f->c;
   int64_t nc = final ? 1 : nchunks(c->T), DD = c->Dk * c->Dv;
-  double *r = dalloc(c->B * c->H * nc * DD);
+  double *r = tu_dalloc(c->B * c->H * nc * DD);
   for (int64_t bh = 0; bh < c->B * c->H; bh++)
     for (int64_t i = 0; i < nc; i++) {
       int64_t t = final ? c->T : i * SN_LINATTN_CHUNK;
@@ -239,26 +224,15 @@ static double *ref_states(const fixture *f, bool final) {
   return r;
 }
 
-/* max |a - ref| / max |ref|: NaN anywhere in a makes it NaN (and fails every bound). */
-static double rel_err(const sn_tensor *a, const double *ref) {
-  double worst = 0, size = 0;
-  for (int64_t i = 0; i < sn_numel(a); i++) {
-    double e = fabs(tu_get(a, i) - ref[i]);
-    if (!(e <= worst)) worst = e;
-    if (fabs(ref[i]) > size) size = fabs(ref[i]);
-  }
-  return size > 0 ? worst / size : worst;
-}
-
 #define FWD_TOL 2e-5
 #define BWD_TOL 1e-4
 
 static void expect_forward(const fixture *f) {
   char d[200];
   double *rc = ref_states(f, false), *rf = ref_states(f, true);
-  cr_expect_leq(rel_err(&f->o, f->ro), FWD_TOL, "o: %s", describe(&f->c, d));
-  cr_expect_leq(rel_err(&f->fin, rf), FWD_TOL, "final state: %s", describe(&f->c, d));
-  if (f->c.T > 0) cr_expect_leq(rel_err(&f->chunks, rc), FWD_TOL, "chunk states: %s", describe(&f->c, d));
+  cr_expect_leq(tu_rel_err(&f->o, f->ro), FWD_TOL, "o: %s", describe(&f->c, d));
+  cr_expect_leq(tu_rel_err(&f->fin, rf), FWD_TOL, "final state: %s", describe(&f->c, d));
+  if (f->c.T > 0) cr_expect_leq(tu_rel_err(&f->chunks, rc), FWD_TOL, "chunk states: %s", describe(&f->c, d));
   free(rc), free(rf);
 }
 
@@ -272,7 +246,7 @@ static void expect_backward(const fixture *f) {
             {"dbeta", &f->dbeta, f->rg.dbeta}, {"dh0", &f->dh0, f->rg.dh0}};
   for (size_t i = 0; i < sizeof gs / sizeof gs[0]; i++)
     if (gs[i].t->storage)
-      cr_expect_leq(rel_err(gs[i].t, gs[i].ref), BWD_TOL, "%s: %s", gs[i].name, describe(&f->c, d));
+      cr_expect_leq(tu_rel_err(gs[i].t, gs[i].ref), BWD_TOL, "%s: %s", gs[i].name, describe(&f->c, d));
 }
 
 static void check_case(const cfg *c) {
@@ -390,9 +364,9 @@ Test(delta_rule, strided_views_equal_contiguous_copies) {
   fixture f, s;
   fixture_inputs(&f, &c);
   fixture_inputs(&s, &c);
-  sn_tensor qkv = make(4, (int64_t[]){B, T, H, 2 * Dk + Dv}, 21, 1, 0), bb = make(3, (int64_t[]){B, T, 2 * H}, 22, 0.4, 0.5);
-  sn_tensor gall = make(4, (int64_t[]){B, T, H, 2 * Dv}, 23, 1, 0), hall = make(4, (int64_t[]){B, H, Dk, 2 * Dv}, 24, 1, 0);
-  sn_tensor fall = make(4, (int64_t[]){B, H, Dk, 2 * Dv}, 25, 1, 0);
+  sn_tensor qkv = tu_make(&ctx, 4, (int64_t[]){B, T, H, 2 * Dk + Dv}, 21, 1, 0), bb = tu_make(&ctx, 3, (int64_t[]){B, T, 2 * H}, 22, 0.4, 0.5);
+  sn_tensor gall = tu_make(&ctx, 4, (int64_t[]){B, T, H, 2 * Dv}, 23, 1, 0), hall = tu_make(&ctx, 4, (int64_t[]){B, H, Dk, 2 * Dv}, 24, 1, 0);
+  sn_tensor fall = tu_make(&ctx, 4, (int64_t[]){B, H, Dk, 2 * Dv}, 25, 1, 0);
   for (int64_t r = 0; r < B * T * H; r++) { /* unit keys */
     float *kr = sn_f32(&qkv) + r * (2 * Dk + Dv) + Dk;
     double ss = 0;
@@ -472,11 +446,11 @@ Test(delta_rule, step_loop_equals_forward) {
       }
       char d[200];
       double *rf = ref_states(&f, true);
-      cr_expect_leq(rel_err(&o, f.ro), FWD_TOL, "step o: %s", describe(&c, d));
-      cr_expect_leq(rel_err(&state, rf), FWD_TOL, "step final state: %s", describe(&c, d));
-      double *fo = to_double(&f.o), *ff = to_double(&f.fin);
-      cr_expect_leq(rel_err(&o, fo), FWD_TOL, "step vs fwd o: %s", describe(&c, d));
-      cr_expect_leq(rel_err(&state, ff), FWD_TOL, "step vs fwd final state: %s", describe(&c, d));
+      cr_expect_leq(tu_rel_err(&o, f.ro), FWD_TOL, "step o: %s", describe(&c, d));
+      cr_expect_leq(tu_rel_err(&state, rf), FWD_TOL, "step final state: %s", describe(&c, d));
+      double *fo = tu_to_double(&f.o), *ff = tu_to_double(&f.fin);
+      cr_expect_leq(tu_rel_err(&o, fo), FWD_TOL, "step vs fwd o: %s", describe(&c, d));
+      cr_expect_leq(tu_rel_err(&state, ff), FWD_TOL, "step vs fwd final state: %s", describe(&c, d));
       free(rf), free(fo), free(ff);
       sn_tensor_release(&state), sn_tensor_release(&o), sn_tensor_release(&ot);
       fixture_free(&f);

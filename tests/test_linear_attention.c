@@ -130,21 +130,6 @@ typedef struct {
   ref_grads rg;
 } fixture;
 
-static sn_tensor make(int nd, const int64_t *size, uint32_t seed, double scale, double shift) {
-  sn_tensor t = tu_empty(&ctx, SN_F32, nd, size);
-  tu_fill_f32(&t, seed);
-  for (int64_t i = 0; i < sn_numel(&t); i++) sn_f32(&t)[i] = (float)(sn_f32(&t)[i] * scale + shift);
-  return t;
-}
-
-static double *to_double(const sn_tensor *t) {
-  if (!t->storage) return NULL;
-  double *d = malloc(sizeof(double) * (size_t)(sn_numel(t) ? sn_numel(t) : 1));
-  for (int64_t i = 0; i < sn_numel(t); i++) d[i] = tu_get(t, i);
-  return d;
-}
-
-static double *dalloc(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(double)); }
 
 static int64_t nchunks(int64_t T) { return (T + SN_LINATTN_CHUNK - 1) / SN_LINATTN_CHUNK; }
 
@@ -154,15 +139,15 @@ static void fixture_inputs(fixture *f, const cfg *c) {
   memset(f, 0, sizeof *f);
   f->c = *c;
   int64_t btk[] = {c->B, c->T, c->H, c->Dk}, btv[] = {c->B, c->T, c->H, c->Dv}, bhkv[] = {c->B, c->H, c->Dk, c->Dv};
-  f->q = make(4, btk, 1, 1, 0);
-  f->k = make(4, btk, 2, 1, 0);
-  f->v = make(4, btv, 3, 1, 0);
-  f->dout = make(4, btv, 4, 1, 0);
+  f->q = tu_make(&ctx, 4, btk, 1, 1, 0);
+  f->k = tu_make(&ctx, 4, btk, 2, 1, 0);
+  f->v = tu_make(&ctx, 4, btv, 3, 1, 0);
+  f->dout = tu_make(&ctx, 4, btv, 4, 1, 0);
   double gs = c->gate == KEY_GATE ? 0.3 : 0.15;
   if (c->gate != NO_GATE)
-    f->g = make(c->gate == KEY_GATE ? 4 : 3, btk, 5, c->strong ? 1 : gs, c->strong ? -5 : -gs - 1e-3);
-  if (c->h0) f->h0 = make(4, bhkv, 6, 1, 0), f->opts.initial_state = &f->h0;
-  if (c->dfinal) f->dfinal = make(4, bhkv, 7, 1, 0);
+    f->g = tu_make(&ctx, c->gate == KEY_GATE ? 4 : 3, btk, 5, c->strong ? 1 : gs, c->strong ? -5 : -gs - 1e-3);
+  if (c->h0) f->h0 = tu_make(&ctx, 4, bhkv, 6, 1, 0), f->opts.initial_state = &f->h0;
+  if (c->dfinal) f->dfinal = tu_make(&ctx, 4, bhkv, 7, 1, 0);
   f->opts.scale = (float)(1 / sqrt((double)c->Dk));
 }
 
@@ -189,15 +174,15 @@ static void fixture_run(fixture *f, bool bwd) {
 static void fixture_reference(fixture *f, bool bwd) {
   const cfg *c = &f->c;
   int64_t B = c->B, T = c->T, H = c->H, Dk = c->Dk, Dv = c->Dv;
-  double *in[] = {to_double(&f->q), to_double(&f->k), to_double(&f->v), to_double(&f->g), to_double(&f->h0)};
+  double *in[] = {tu_to_double(&f->q), tu_to_double(&f->k), tu_to_double(&f->v), tu_to_double(&f->g), tu_to_double(&f->h0)};
   ref_in r = {B, T, H, Dk, Dv, c->gate, in[0], in[1], in[2], in[3], in[4], f->opts.scale};
-  f->ro = dalloc(B * T * H * Dv);
-  f->ss = dalloc(B * H * (T + 1) * Dk * Dv);
+  f->ro = tu_dalloc(B * T * H * Dv);
+  f->ss = tu_dalloc(B * H * (T + 1) * Dk * Dv);
   ref_fwd(&r, f->ro, f->ss);
   if (bwd) {
-    double *dout = to_double(&f->dout), *dfinal = to_double(&f->dfinal);
-    f->rg = (ref_grads){dalloc(B * T * H * Dk), dalloc(B * T * H * Dk), dalloc(B * T * H * Dv),
-                        dalloc(B * T * H * Dk), c->h0 ? dalloc(B * H * Dk * Dv) : NULL};
+    double *dout = tu_to_double(&f->dout), *dfinal = tu_to_double(&f->dfinal);
+    f->rg = (ref_grads){tu_dalloc(B * T * H * Dk), tu_dalloc(B * T * H * Dk), tu_dalloc(B * T * H * Dv),
+                        tu_dalloc(B * T * H * Dk), c->h0 ? tu_dalloc(B * H * Dk * Dv) : NULL};
     ref_bwd(&r, f->ss, dout, dfinal, &f->rg);
     free(dout), free(dfinal);
   }
@@ -216,7 +201,7 @@ static void fixture_free(fixture *f) {
 static double *ref_states(const fixture *f, bool final) {
   const cfg *c = &f->c;
   int64_t n = final ? 1 : nchunks(c->T), KV = c->Dk * c->Dv;
-  double *out = dalloc(c->B * c->H * n * KV);
+  double *out = tu_dalloc(c->B * c->H * n * KV);
   for (int64_t bh = 0; bh < c->B * c->H; bh++)
     for (int64_t i = 0; i < n; i++) {
       int64_t t = final ? c->T : i * SN_LINATTN_CHUNK;
@@ -225,27 +210,16 @@ static double *ref_states(const fixture *f, bool final) {
   return out;
 }
 
-/* max |a - ref| / max |ref| (0 when both are all zero). */
-static double rel_err(const sn_tensor *a, const double *ref) {
-  double worst = 0, big = 0;
-  for (int64_t i = 0; i < sn_numel(a); i++) {
-    double x = tu_get(a, i), d = fabs(x - ref[i]);
-    if (!(d <= worst)) worst = d; /* NaN counts as a failure */
-    if (fabs(ref[i]) > big) big = fabs(ref[i]);
-  }
-  return big > 0 ? worst / big : worst;
-}
-
 #define FWD_TOL 2e-5
 #define BWD_TOL 1e-4
 
 static void expect_forward(const fixture *f) {
   char d[200];
   double *rc = ref_states(f, false), *rf = ref_states(f, true);
-  cr_expect_leq(rel_err(&f->o, f->ro), FWD_TOL, "o: %s (error %g)", describe(&f->c, d), rel_err(&f->o, f->ro));
-  cr_expect_leq(rel_err(&f->fin, rf), FWD_TOL, "final state: %s (error %g)", describe(&f->c, d), rel_err(&f->fin, rf));
-  cr_expect_leq(rel_err(&f->chunks, rc), FWD_TOL, "chunk states: %s (error %g)", describe(&f->c, d),
-                rel_err(&f->chunks, rc));
+  cr_expect_leq(tu_rel_err(&f->o, f->ro), FWD_TOL, "o: %s (error %g)", describe(&f->c, d), tu_rel_err(&f->o, f->ro));
+  cr_expect_leq(tu_rel_err(&f->fin, rf), FWD_TOL, "final state: %s (error %g)", describe(&f->c, d), tu_rel_err(&f->fin, rf));
+  cr_expect_leq(tu_rel_err(&f->chunks, rc), FWD_TOL, "chunk states: %s (error %g)", describe(&f->c, d),
+                tu_rel_err(&f->chunks, rc));
   free(rc), free(rf);
 }
 
@@ -264,8 +238,8 @@ static void expect_backward(const fixture *f) {
             {"dh0", &f->dh0, f->rg.dh0, c->h0}};
   for (size_t i = 0; i < sizeof gs / sizeof gs[0]; i++)
     if (gs[i].on)
-      cr_expect_leq(rel_err(gs[i].t, gs[i].ref), BWD_TOL, "%s: %s (error %g)", gs[i].name, describe(c, d),
-                    rel_err(gs[i].t, gs[i].ref));
+      cr_expect_leq(tu_rel_err(gs[i].t, gs[i].ref), BWD_TOL, "%s: %s (error %g)", gs[i].name, describe(c, d),
+                    tu_rel_err(gs[i].t, gs[i].ref));
 }
 
 static void check_case(const cfg *c) {
@@ -276,10 +250,6 @@ static void check_case(const cfg *c) {
   expect_forward(&f);
   expect_backward(&f);
   fixture_free(&f);
-}
-
-static bool same_bits(const sn_tensor *a, const sn_tensor *b) {
-  return sn_numel(a) == sn_numel(b) && memcmp(sn_f32(a), sn_f32(b), (size_t)sn_numel(a) * sizeof(float)) == 0;
 }
 
 /* ---- tests ------------------------------------------------------------------------------------ */
@@ -456,11 +426,11 @@ Test(linear_attention, strided_views_equal_contiguous_copies) {
     fixture f, w;
     fixture_inputs(&f, &c);
     fixture_inputs(&w, &c);
-    sn_tensor qkv = make(4, (int64_t[]){B, T, H, 2 * Dk + Dv}, 21, 1, 0);
-    sn_tensor gall = gate == KEY_GATE ? make(4, (int64_t[]){B, T, H, Dk + 3}, 22, 0.3, -0.3)
-                                      : make(3, (int64_t[]){B, T, H + 3}, 22, 0.3, -0.3);
-    sn_tensor dall = make(4, (int64_t[]){B, T, H, Dv + 5}, 23, 1, 0), sall = make(4, (int64_t[]){B, H, Dk, 2 * Dv}, 24, 1, 0);
-    sn_tensor hall = make(4, (int64_t[]){B, H, Dk, Dv + 1}, 25, 1, 0);
+    sn_tensor qkv = tu_make(&ctx, 4, (int64_t[]){B, T, H, 2 * Dk + Dv}, 21, 1, 0);
+    sn_tensor gall = gate == KEY_GATE ? tu_make(&ctx, 4, (int64_t[]){B, T, H, Dk + 3}, 22, 0.3, -0.3)
+                                      : tu_make(&ctx, 3, (int64_t[]){B, T, H + 3}, 22, 0.3, -0.3);
+    sn_tensor dall = tu_make(&ctx, 4, (int64_t[]){B, T, H, Dv + 5}, 23, 1, 0), sall = tu_make(&ctx, 4, (int64_t[]){B, H, Dk, 2 * Dv}, 24, 1, 0);
+    sn_tensor hall = tu_make(&ctx, 4, (int64_t[]){B, H, Dk, Dv + 1}, 25, 1, 0);
     sn_tensor *dst[] = {&w.q, &w.k, &w.v, &w.g, &w.dout, &w.dfinal, &w.h0};
     sn_tensor *src[] = {&qkv, &qkv, &qkv, &gall, &dall, &sall, &hall};
     int64_t start[] = {0, Dk, 2 * Dk, 3, 5, Dv, 1}, len[] = {Dk, Dk, Dv, gate == KEY_GATE ? Dk : H, Dv, Dv, Dv};
@@ -477,7 +447,7 @@ Test(linear_attention, strided_views_equal_contiguous_copies) {
     fixture_run(&w, true);
     sn_tensor *a[] = {&f.o, &f.fin, &f.chunks, &f.dq, &f.dk, &f.dv, &f.dg, &f.dh0};
     sn_tensor *b[] = {&w.o, &w.fin, &w.chunks, &w.dq, &w.dk, &w.dv, &w.dg, &w.dh0};
-    for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) cr_expect(same_bits(a[i], b[i]), "output %zu, gate %d", i, gate);
+    for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) cr_expect(tu_same_bits(a[i], b[i]), "output %zu, gate %d", i, gate);
     fixture_free(&f), fixture_free(&w);
     sn_tensor_release(&qkv), sn_tensor_release(&gall), sn_tensor_release(&dall), sn_tensor_release(&sall);
     sn_tensor_release(&hall);
@@ -502,7 +472,7 @@ Test(linear_attention, results_do_not_depend_on_the_thread_count) {
       sn_tensor *a[] = {&one.o, &one.fin, &one.chunks, &one.dq, &one.dk, &one.dv, &one.dg, &one.dh0};
       sn_tensor *b[] = {&f.o, &f.fin, &f.chunks, &f.dq, &f.dk, &f.dv, &f.dg, &f.dh0};
       for (size_t i = 0; i < sizeof a / sizeof a[0]; i++)
-        if (a[i]->storage) cr_expect(same_bits(a[i], b[i]), "output %zu, gate %d, %d threads", i, gate, nt);
+        if (a[i]->storage) cr_expect(tu_same_bits(a[i], b[i]), "output %zu, gate %d, %d threads", i, gate, nt);
       fixture_free(&f);
     }
     fixture_free(&one);
@@ -537,11 +507,11 @@ Test(linear_attention, step_loop_equals_forward) {
         if (gate != NO_GATE) sn_tensor_release(&gt);
       }
       double *rf = ref_states(&f, true);
-      cr_expect_leq(rel_err(&all, f.ro), FWD_TOL, "step outputs, gate %s, simd %s", gate_names[gate], sn_simd_level());
-      cr_expect_leq(rel_err(&state, rf), FWD_TOL, "step state, gate %s", gate_names[gate]);
-      double *fo = to_double(&f.o), *ff = to_double(&f.fin);
-      cr_expect_leq(rel_err(&all, fo), FWD_TOL, "step outputs against fwd, gate %s", gate_names[gate]);
-      cr_expect_leq(rel_err(&state, ff), FWD_TOL, "step state against fwd, gate %s", gate_names[gate]);
+      cr_expect_leq(tu_rel_err(&all, f.ro), FWD_TOL, "step outputs, gate %s, simd %s", gate_names[gate], sn_simd_level());
+      cr_expect_leq(tu_rel_err(&state, rf), FWD_TOL, "step state, gate %s", gate_names[gate]);
+      double *fo = tu_to_double(&f.o), *ff = tu_to_double(&f.fin);
+      cr_expect_leq(tu_rel_err(&all, fo), FWD_TOL, "step outputs against fwd, gate %s", gate_names[gate]);
+      cr_expect_leq(tu_rel_err(&state, ff), FWD_TOL, "step state against fwd, gate %s", gate_names[gate]);
       free(rf), free(fo), free(ff);
       sn_tensor_release(&state), sn_tensor_release(&y), sn_tensor_release(&all);
       fixture_free(&f);
@@ -558,8 +528,8 @@ Test(linear_attention, empty_sequence_passes_the_state_through) {
     fixture f;
     fixture_inputs(&f, &c);
     fixture_run(&f, true);
-    cr_expect(same_bits(&f.fin, &f.h0));
-    cr_expect(same_bits(&f.dh0, &f.dfinal));
+    cr_expect(tu_same_bits(&f.fin, &f.h0));
+    cr_expect(tu_same_bits(&f.dh0, &f.dfinal));
     fixture_free(&f);
     c.B = 0, c.T = 5;
     fixture_inputs(&f, &c);
@@ -580,7 +550,7 @@ Test(linear_attention, gate_gradient_may_be_skipped) {
     cr_assert_eq(sn_gated_linear_attention_bwd(&ctx, &dq, &dk, &dv, NULL, &dh0, &f.dout, &f.dfinal, &f.chunks, &f.q, &f.k,
                                                &f.v, &f.g, &f.opts),
                  SN_OK, "%s", ctx.err);
-    cr_expect(same_bits(&dq, &f.dq) && same_bits(&dk, &f.dk) && same_bits(&dv, &f.dv) && same_bits(&dh0, &f.dh0),
+    cr_expect(tu_same_bits(&dq, &f.dq) && tu_same_bits(&dk, &f.dk) && tu_same_bits(&dv, &f.dv) && tu_same_bits(&dh0, &f.dh0),
               "gate %s", gate_names[gate]);
     sn_tensor_release(&dq), sn_tensor_release(&dk), sn_tensor_release(&dv), sn_tensor_release(&dh0);
     fixture_free(&f);
@@ -632,7 +602,7 @@ Test(linear_attention, rejects_bad_input) {
   sn_tensor q3 = tu_empty(&ctx, SN_F32, 3, (int64_t[]){2, 16, 3}), qi = tu_empty(&ctx, SN_I64, 4, f.q.size);
   sn_tensor k7 = tu_empty(&ctx, SN_F32, 4, (int64_t[]){2, 16, 3, 7}), v1 = tu_empty(&ctx, SN_F32, 4, (int64_t[]){1, 16, 3, 5});
   sn_tensor g2 = tu_empty(&ctx, SN_F32, 2, (int64_t[]){2, 16}), gh = tu_empty(&ctx, SN_F32, 3, (int64_t[]){2, 16, 4});
-  sn_tensor gpos = make(4, f.q.size, 5, 0.3, -0.4), s2 = tu_empty(&ctx, SN_F32, 4, (int64_t[]){2, 3, 8, 6});
+  sn_tensor gpos = tu_make(&ctx, 4, f.q.size, 5, 0.3, -0.4), s2 = tu_empty(&ctx, SN_F32, 4, (int64_t[]){2, 3, 8, 6});
   sn_tensor q0 = tu_empty(&ctx, SN_F32, 4, (int64_t[]){2, 16, 3, 0}), wide = tu_empty(&ctx, SN_F32, 4, (int64_t[]){2, 16, 3, 24});
   sn_tensor qs, gk = f.g, out = f.o;
   sn_f32(&gpos)[((1 * 16 + 2) * 3 + 0) * 8 + 3] = 0.5f;

@@ -6,6 +6,8 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "seqnn.h"
 
@@ -62,6 +64,42 @@ static inline double tu_max_scaled_err(const sn_tensor *a, const double *ref, do
     if (e > worst) worst = e;
   }
   return worst;
+}
+
+/* tu_empty filled by tu_fill_f32, then scaled and shifted: values in shift +- scale. */
+static inline sn_tensor tu_make(sn_ctx *ctx, int nd, const int64_t *size, uint32_t seed, double scale, double shift) {
+  sn_tensor t = tu_empty(ctx, SN_F32, nd, size);
+  tu_fill_f32(&t, seed);
+  for (int64_t i = 0; i < sn_numel(&t); i++) sn_f32(&t)[i] = (float)(sn_f32(&t)[i] * scale + shift);
+  return t;
+}
+
+/* t's elements (row-major) as a new array of doubles; NULL for a tensor with no storage. */
+static inline double *tu_to_double(const sn_tensor *t) {
+  if (!t->storage) return NULL;
+  double *d = malloc(sizeof(double) * (size_t)(sn_numel(t) ? sn_numel(t) : 1));
+  for (int64_t i = 0; i < sn_numel(t); i++) d[i] = tu_get(t, i);
+  return d;
+}
+
+/* n zeroed doubles (at least one, so the pointer is never NULL). */
+static inline double *tu_dalloc(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(double)); }
+
+/* max |a - ref| / max |ref| (the error relative to the result's scale); NaN in a fails every
+ * bound. */
+static inline double tu_rel_err(const sn_tensor *a, const double *ref) {
+  double worst = 0, big = 0;
+  for (int64_t i = 0; i < sn_numel(a); i++) {
+    double d = fabs(tu_get(a, i) - ref[i]);
+    if (!(d <= worst)) worst = d;
+    if (fabs(ref[i]) > big) big = fabs(ref[i]);
+  }
+  return big > 0 ? worst / big : worst;
+}
+
+/* Whether two contiguous f32 tensors hold the same bits. */
+static inline bool tu_same_bits(const sn_tensor *a, const sn_tensor *b) {
+  return sn_numel(a) == sn_numel(b) && memcmp(sn_f32(a), sn_f32(b), (size_t)sn_numel(a) * sizeof(float)) == 0;
 }
 
 #endif

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/check.h"
 #include "seqnn.h"
 #include "simd/attn.h"
 
@@ -64,70 +65,18 @@ typedef struct {
 
 /* ---- validation ------------------------------------------------------------------------ */
 
-/* "2x16x32" for the n sizes; a negative size prints as "?". */
-static char *dims_str(char *buf, size_t len, int n, const int64_t *size) {
-  size_t at = 0;
-  buf[0] = 0;
-  for (int i = 0; i < n && at < len; i++)
-    at += (size_t)(size[i] < 0 ? snprintf(buf + at, len - at, "%s?", i ? "x" : "")
-                               : snprintf(buf + at, len - at, "%s%lld", i ? "x" : "", (long long)size[i]));
-  return buf;
-}
-
-/* An input: non-NULL f32 with nd dims of sizes want (negative: any) and unit stride on the
- * last dim. layout names the dims for the message ("(B, T, H, Dk)"). */
-static sn_status need_in(sn_ctx *ctx, const char *name, const sn_tensor *t, const char *layout, int nd,
-                         const int64_t *want) {
-  char a[160], b[160];
-  if (!t) return sn_fail(ctx, SN_EINVAL, "%s: %s must not be NULL", FN, name);
-  if (t->dtype != SN_F32)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must be f32, got %s (%s)", FN, name, sn_dtype_name(t->dtype),
-                   sn_shape_str(t, a, sizeof a));
-  bool ok = t->ndim == nd, known = false;
-  for (int i = 0; i < nd; i++) {
-    known = known || want[i] >= 0;
-    ok = ok && (want[i] < 0 || t->size[i] == want[i]);
-  }
-  if (!ok && known)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must be %s = %s, got %s", FN, name, layout, dims_str(b, sizeof b, nd, want),
-                   sn_shape_str(t, a, sizeof a));
-  if (!ok) return sn_fail(ctx, SN_EINVAL, "%s: %s must be %s, got %s", FN, name, layout, sn_shape_str(t, a, sizeof a));
-  if (t->size[nd - 1] > 1 && t->stride[nd - 1] != 1)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must have unit stride on its last dim, got stride %lld (%s)", FN, name,
-                   (long long)t->stride[nd - 1], sn_shape_str(t, a, sizeof a));
-  return SN_OK;
-}
-
-static sn_status need_opt(sn_ctx *ctx, const char *name, const sn_tensor *t, const char *layout, int nd,
-                          const int64_t *want) {
-  return t ? need_in(ctx, name, t, layout, nd, want) : SN_OK;
-}
-
-/* An output: NULL when optional, else a contiguous f32 tensor of nd dims of sizes want. */
-static sn_status need_out(sn_ctx *ctx, const char *name, const sn_tensor *t, bool optional, int nd,
-                          const int64_t *want) {
-  char a[160], b[160];
-  if (!t) return optional ? SN_OK : sn_fail(ctx, SN_EINVAL, "%s: %s must not be NULL", FN, name);
-  bool ok = t->dtype == SN_F32 && t->ndim == nd && sn_is_contiguous(t);
-  for (int i = 0; ok && i < nd; i++) ok = t->size[i] == want[i];
-  if (ok) return SN_OK;
-  return sn_fail(ctx, SN_EINVAL, "%s: %s must be a contiguous f32 tensor of shape %s, got %s %s%s", FN, name,
-                 dims_str(b, sizeof b, nd, want), sn_dtype_name(t->dtype), sn_shape_str(t, a, sizeof a),
-                 t->ndim == nd && !sn_is_contiguous(t) ? " (not contiguous)" : "");
-}
-
 /* q, k (B,T,H,Dk), v (B,T,H,Dv), beta (B,T,H) and opts (T = 1 for the step); fills P. */
 static sn_status check_inputs(sn_ctx *ctx, problem *P, const sn_tensor *q, const sn_tensor *k, const sn_tensor *v,
                               const sn_tensor *beta, const sn_linattn_opts *opts, bool step) {
   char a[160];
   int64_t T = step ? 1 : -1;
-  sn_status st = need_in(ctx, "q", q, step ? "(B, 1, H, Dk)" : "(B, T, H, Dk)", 4, (int64_t[]){-1, T, -1, -1});
+  sn_status st = check_in(ctx, FN, "q", q, step ? "(B, 1, H, Dk)" : "(B, T, H, Dk)", 4, (int64_t[]){-1, T, -1, -1});
   if (st != SN_OK) return st;
   int64_t B = q->size[0], H = q->size[2], Dk = q->size[3];
   T = q->size[1];
-  st = need_in(ctx, "k", k, step ? "(B, 1, H, Dk) like q" : "(B, T, H, Dk) like q", 4, q->size);
-  if (st == SN_OK) st = need_in(ctx, "v", v, step ? "(B, 1, H, Dv)" : "(B, T, H, Dv)", 4, (int64_t[]){B, T, H, -1});
-  if (st == SN_OK) st = need_in(ctx, "beta", beta, step ? "(B, 1, H)" : "(B, T, H)", 3, (int64_t[]){B, T, H});
+  st = check_in(ctx, FN, "k", k, step ? "(B, 1, H, Dk) like q" : "(B, T, H, Dk) like q", 4, q->size);
+  if (st == SN_OK) st = check_in(ctx, FN, "v", v, step ? "(B, 1, H, Dv)" : "(B, T, H, Dv)", 4, (int64_t[]){B, T, H, -1});
+  if (st == SN_OK) st = check_in(ctx, FN, "beta", beta, step ? "(B, 1, H)" : "(B, T, H)", 3, (int64_t[]){B, T, H});
   if (st != SN_OK) return st;
   int64_t Dv = v->size[3];
   if (Dk < 1 || Dv < 1 || Dk > MAX_HEAD_DIM || Dv > MAX_HEAD_DIM)
@@ -136,7 +85,7 @@ static sn_status check_inputs(sn_ctx *ctx, problem *P, const sn_tensor *q, const
                    sn_shape_str(v, (char[160]){0}, 160));
   if (!opts) return sn_fail(ctx, SN_EINVAL, "%s: opts must not be NULL", FN);
   if (!isfinite(opts->scale)) return sn_fail(ctx, SN_EINVAL, "%s: scale must be finite, got %g", FN, opts->scale);
-  if (!step) st = need_opt(ctx, "initial_state", opts->initial_state, "(B, H, Dk, Dv)", 4, (int64_t[]){B, H, Dk, Dv});
+  if (!step) st = check_opt(ctx, FN, "initial_state", opts->initial_state, "(B, H, Dk, Dv)", 4, (int64_t[]){B, H, Dk, Dv});
   if (st != SN_OK) return st;
   *P = (problem){.B = B, .T = T, .H = H, .Dk = Dk, .Dv = Dv, .Dkp = pad16(Dk), .Dvp = pad16(Dv),
                  .chunks = (T + C - 1) / C, .q = view_of(q), .k = view_of(k), .v = view_of(v),
@@ -416,9 +365,9 @@ sn_status sn_delta_rule_fwd(sn_ctx *ctx, sn_tensor *o, sn_tensor *final_state, s
   sn_status st = check_inputs(ctx, &P, q, k, v, beta, opts, false);
   if (st != SN_OK) return st;
   int64_t B = P.B, T = P.T, H = P.H, Dk = P.Dk, Dv = P.Dv;
-  st = need_out(ctx, "o", o, false, 4, (int64_t[]){B, T, H, Dv});
-  if (st == SN_OK) st = need_out(ctx, "final_state", final_state, true, 4, (int64_t[]){B, H, Dk, Dv});
-  if (st == SN_OK) st = need_out(ctx, "chunk_states", chunk_states, true, 5, (int64_t[]){B, H, P.chunks, Dk, Dv});
+  st = check_out(ctx, FN, "o", o, false, 4, (int64_t[]){B, T, H, Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "final_state", final_state, true, 4, (int64_t[]){B, H, Dk, Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "chunk_states", chunk_states, true, 5, (int64_t[]){B, H, P.chunks, Dk, Dv});
   if (st != SN_OK) return st;
   int64_t items = B * H;
   if (items == 0) return SN_OK;
@@ -540,14 +489,14 @@ sn_status sn_delta_rule_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor
   int64_t btv[] = {B, T, H, Dv}, hkv[] = {B, H, Dk, Dv};
   if (dh0 && !opts->initial_state)
     return sn_fail(ctx, SN_EINVAL, "%s: dh0 was asked for but opts->initial_state is NULL", FN);
-  st = need_in(ctx, "grad_output", dout, "(B, T, H, Dv)", 4, btv);
-  if (st == SN_OK) st = need_opt(ctx, "grad_final_state", dfinal, "(B, H, Dk, Dv)", 4, hkv);
-  if (st == SN_OK) st = need_out(ctx, "chunk_states", chunk_states, false, 5, (int64_t[]){B, H, P.chunks, Dk, Dv});
-  if (st == SN_OK) st = need_out(ctx, "dq", dq, false, 4, q->size);
-  if (st == SN_OK) st = need_out(ctx, "dk", dk, false, 4, q->size);
-  if (st == SN_OK) st = need_out(ctx, "dv", dv, false, 4, btv);
-  if (st == SN_OK) st = need_out(ctx, "dbeta", dbeta, false, 3, (int64_t[]){B, T, H});
-  if (st == SN_OK) st = need_out(ctx, "dh0", dh0, true, 4, hkv);
+  st = check_in(ctx, FN, "grad_output", dout, "(B, T, H, Dv)", 4, btv);
+  if (st == SN_OK) st = check_opt(ctx, FN, "grad_final_state", dfinal, "(B, H, Dk, Dv)", 4, hkv);
+  if (st == SN_OK) st = check_out(ctx, FN, "chunk_states", chunk_states, false, 5, (int64_t[]){B, H, P.chunks, Dk, Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "dq", dq, false, 4, q->size);
+  if (st == SN_OK) st = check_out(ctx, FN, "dk", dk, false, 4, q->size);
+  if (st == SN_OK) st = check_out(ctx, FN, "dv", dv, false, 4, btv);
+  if (st == SN_OK) st = check_out(ctx, FN, "dbeta", dbeta, false, 3, (int64_t[]){B, T, H});
+  if (st == SN_OK) st = check_out(ctx, FN, "dh0", dh0, true, 4, hkv);
   if (st != SN_OK) return st;
   int64_t items = B * H;
   if (items == 0) return SN_OK;
@@ -571,8 +520,8 @@ sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const 
   sn_status st = check_inputs(ctx, &P, q, k, v, beta, opts, true);
   if (st != SN_OK) return st;
   int64_t B = P.B, H = P.H, Dk = P.Dk, Dv = P.Dv;
-  st = need_out(ctx, "state", state, false, 4, (int64_t[]){B, H, Dk, Dv});
-  if (st == SN_OK) st = need_out(ctx, "o", o, false, 4, (int64_t[]){B, 1, H, Dv});
+  st = check_out(ctx, FN, "state", state, false, 4, (int64_t[]){B, H, Dk, Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "o", o, false, 4, (int64_t[]){B, 1, H, Dv});
   if (st != SN_OK) return st;
   int64_t items = B * H;
   if (items == 0) return SN_OK;

@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/check.h"
 #include "seqnn.h"
 #include "simd/attn.h"
 #include "simd/vec.h"
@@ -219,58 +220,6 @@ typedef struct {
   float scale;
 } problem;
 
-/* "2x16x32" for the n sizes; a negative size prints as "?". */
-static char *dims_str(char *buf, size_t len, int n, const int64_t *size) {
-  size_t at = 0;
-  buf[0] = 0;
-  for (int i = 0; i < n && at < len; i++)
-    at += (size_t)(size[i] < 0 ? snprintf(buf + at, len - at, "%s?", i ? "x" : "")
-                               : snprintf(buf + at, len - at, "%s%lld", i ? "x" : "", (long long)size[i]));
-  return buf;
-}
-
-/* An input: f32 with nd dims of sizes want (negative: any) and unit stride on the last
- * dim. layout names the dims for the message ("(B, T, H, Dk)"). */
-static sn_status need_in(sn_ctx *ctx, const char *name, const sn_tensor *t, const char *layout, int nd,
-                         const int64_t *want) {
-  char a[160], b[160];
-  if (!t) return sn_fail(ctx, SN_EINVAL, "%s: %s must not be NULL", FN, name);
-  if (t->dtype != SN_F32)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must be f32, got %s (%s)", FN, name, sn_dtype_name(t->dtype),
-                   sn_shape_str(t, a, sizeof a));
-  bool ok = t->ndim == nd, known = false;
-  for (int i = 0; i < nd; i++) {
-    known = known || want[i] >= 0;
-    ok = ok && (want[i] < 0 || t->size[i] == want[i]);
-  }
-  if (!ok && known)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must be %s = %s, got %s", FN, name, layout, dims_str(b, sizeof b, nd, want),
-                   sn_shape_str(t, a, sizeof a));
-  if (!ok) return sn_fail(ctx, SN_EINVAL, "%s: %s must be %s, got %s", FN, name, layout, sn_shape_str(t, a, sizeof a));
-  if (t->size[nd - 1] > 1 && t->stride[nd - 1] != 1)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must have unit stride on its last dim, got stride %lld (%s)", FN, name,
-                   (long long)t->stride[nd - 1], sn_shape_str(t, a, sizeof a));
-  return SN_OK;
-}
-
-static sn_status need_opt(sn_ctx *ctx, const char *name, const sn_tensor *t, const char *layout, int nd,
-                          const int64_t *want) {
-  return t ? need_in(ctx, name, t, layout, nd, want) : SN_OK;
-}
-
-/* An output: NULL (callers check the required ones), or a contiguous f32 tensor of nd dims
- * of sizes want. */
-static sn_status need_out(sn_ctx *ctx, const char *name, const sn_tensor *t, int nd, const int64_t *want) {
-  char a[160], b[160];
-  if (!t) return SN_OK;
-  bool ok = t->dtype == SN_F32 && t->ndim == nd && sn_is_contiguous(t);
-  for (int i = 0; ok && i < nd; i++) ok = t->size[i] == want[i];
-  if (ok) return SN_OK;
-  return sn_fail(ctx, SN_EINVAL, "%s: %s must be a contiguous f32 tensor of shape %s, got %s %s%s", FN, name,
-                 dims_str(b, sizeof b, nd, want), sn_dtype_name(t->dtype), sn_shape_str(t, a, sizeof a),
-                 t->ndim == nd && !sn_is_contiguous(t) ? " (not contiguous)" : "");
-}
-
 /* The first i < n with x[i] > 0 (NaN is not), or -1; sixteen at a time. */
 static int64_t first_positive(const float *x, int64_t n) {
   int64_t j = 0;
@@ -301,10 +250,10 @@ static sn_status need_gates(sn_ctx *ctx, const sn_tensor *g, const int64_t *bthk
   char a[160], b[160], layout[48];
   snprintf(layout, sizeof layout, "(B, %s, H) or (B, %s, H, Dk)", t_name, t_name);
   if (g->dtype == SN_F32 && g->ndim != 3 && g->ndim != 4)
-    return sn_fail(ctx, SN_EINVAL, "%s: g must be %s = %s or %s, got %s", FN, layout, dims_str(a, sizeof a, 3, bthk),
-                   dims_str(b, sizeof b, 4, bthk), sn_shape_str(g, (char[160]){0}, 160));
+    return sn_fail(ctx, SN_EINVAL, "%s: g must be %s = %s or %s, got %s", FN, layout, check_dims(a, sizeof a, 3, bthk),
+                   check_dims(b, sizeof b, 4, bthk), sn_shape_str(g, (char[160]){0}, 160));
   snprintf(layout, sizeof layout, g->ndim == 3 ? "(B, %s, H)" : "(B, %s, H, Dk)", t_name);
-  sn_status st = need_in(ctx, "g", g, layout, g->ndim, bthk);
+  sn_status st = check_in(ctx, FN, "g", g, layout, g->ndim, bthk);
   if (st != SN_OK || !scan) return st;
   int64_t n = g->size[g->ndim - 1], rows = n ? sn_numel(g) / n : 0;
   for (int64_t r = 0; r < rows; r++) {
@@ -335,15 +284,15 @@ static sn_status need_scale(sn_ctx *ctx, const sn_linattn_opts *opts) {
 /* q, k (B,T,H,Dk), v (B,T,H,Dv), g and opts of the sequence kernels; fills P. */
 static sn_status check_inputs(sn_ctx *ctx, problem *P, const sn_tensor *q, const sn_tensor *k, const sn_tensor *v,
                               const sn_tensor *g, const sn_linattn_opts *opts) {
-  sn_status st = need_in(ctx, "q", q, "(B, T, H, Dk)", 4, (int64_t[]){-1, -1, -1, -1});
-  if (st == SN_OK) st = need_in(ctx, "k", k, "(B, T, H, Dk) like q", 4, q->size);
-  if (st == SN_OK) st = need_in(ctx, "v", v, "(B, T, H, Dv)", 4, (int64_t[]){q->size[0], q->size[1], q->size[2], -1});
+  sn_status st = check_in(ctx, FN, "q", q, "(B, T, H, Dk)", 4, (int64_t[]){-1, -1, -1, -1});
+  if (st == SN_OK) st = check_in(ctx, FN, "k", k, "(B, T, H, Dk) like q", 4, q->size);
+  if (st == SN_OK) st = check_in(ctx, FN, "v", v, "(B, T, H, Dv)", 4, (int64_t[]){q->size[0], q->size[1], q->size[2], -1});
   if (st == SN_OK) st = need_head_dims(ctx, q, v);
   if (st == SN_OK && g) st = need_gates(ctx, g, q->size, "T", false);
   if (st == SN_OK) st = need_scale(ctx, opts);
   if (st != SN_OK) return st;
   int64_t B = q->size[0], H = q->size[2], Dk = q->size[3], Dv = v->size[3];
-  st = need_opt(ctx, "initial_state", opts->initial_state, "(B, H, Dk, Dv)", 4, (int64_t[]){B, H, Dk, Dv});
+  st = check_opt(ctx, FN, "initial_state", opts->initial_state, "(B, H, Dk, Dv)", 4, (int64_t[]){B, H, Dk, Dv});
   if (st != SN_OK) return st;
   *P = (problem){.B = B, .T = q->size[1], .H = H, .Dk = Dk, .Dv = Dv, .chunks = (q->size[1] + CH - 1) / CH,
                  .Kp = (int)pad16(Dk), .Vp = (int)pad16(Dv), .gate = !g ? GATE_NONE : g->ndim == 3 ? GATE_HEAD : GATE_KEY,
@@ -785,9 +734,10 @@ sn_status sn_gated_linear_attention_fwd(sn_ctx *ctx, sn_tensor *o, sn_tensor *fi
   if (st != SN_OK) return st;
   if (!o) return sn_fail(ctx, SN_EINVAL, "%s: o must not be NULL", FN);
   int64_t bhkv[] = {P.B, P.H, P.Dk, P.Dv};
-  st = need_out(ctx, "o", o, 4, (int64_t[]){P.B, P.T, P.H, P.Dv});
-  if (st == SN_OK) st = need_out(ctx, "final_state", final_state, 4, bhkv);
-  if (st == SN_OK) st = need_out(ctx, "chunk_states", chunk_states, 5, (int64_t[]){P.B, P.H, P.chunks, P.Dk, P.Dv});
+  st = check_out(ctx, FN, "o", o, true, 4, (int64_t[]){P.B, P.T, P.H, P.Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "final_state", final_state, true, 4, bhkv);
+  if (st == SN_OK)
+    st = check_out(ctx, FN, "chunk_states", chunk_states, true, 5, (int64_t[]){P.B, P.H, P.chunks, P.Dk, P.Dv});
   if (st != SN_OK) return st;
   int nt = omp_get_max_threads();
   P.G = heads_per_task(&P, nt);
@@ -969,14 +919,15 @@ sn_status sn_gated_linear_attention_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *d
   if (!chunk_states) return sn_fail(ctx, SN_EINVAL, "%s: chunk_states (saved by fwd) must not be NULL", FN);
   if (!dq || !dk || !dv) return sn_fail(ctx, SN_EINVAL, "%s: dq, dk and dv must not be NULL", FN);
   int64_t bhkv[] = {P.B, P.H, P.Dk, P.Dv};
-  st = need_in(ctx, "grad_output", dout, "(B, T, H, Dv) like v", 4, v->size);
-  if (st == SN_OK) st = need_opt(ctx, "grad_final_state", dfinal, "(B, H, Dk, Dv)", 4, bhkv);
-  if (st == SN_OK) st = need_out(ctx, "chunk_states", chunk_states, 5, (int64_t[]){P.B, P.H, P.chunks, P.Dk, P.Dv});
-  if (st == SN_OK) st = need_out(ctx, "dq", dq, 4, q->size);
-  if (st == SN_OK) st = need_out(ctx, "dk", dk, 4, q->size);
-  if (st == SN_OK) st = need_out(ctx, "dv", dv, 4, v->size);
-  if (st == SN_OK && dg) st = need_out(ctx, "dg", dg, g->ndim, g->size);
-  if (st == SN_OK) st = need_out(ctx, "dh0", dh0, 4, bhkv);
+  st = check_in(ctx, FN, "grad_output", dout, "(B, T, H, Dv) like v", 4, v->size);
+  if (st == SN_OK) st = check_opt(ctx, FN, "grad_final_state", dfinal, "(B, H, Dk, Dv)", 4, bhkv);
+  if (st == SN_OK)
+    st = check_out(ctx, FN, "chunk_states", chunk_states, true, 5, (int64_t[]){P.B, P.H, P.chunks, P.Dk, P.Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "dq", dq, true, 4, q->size);
+  if (st == SN_OK) st = check_out(ctx, FN, "dk", dk, true, 4, q->size);
+  if (st == SN_OK) st = check_out(ctx, FN, "dv", dv, true, 4, v->size);
+  if (st == SN_OK && dg) st = check_out(ctx, FN, "dg", dg, true, g->ndim, g->size);
+  if (st == SN_OK) st = check_out(ctx, FN, "dh0", dh0, true, 4, bhkv);
   if (st != SN_OK) return st;
   int nt = omp_get_max_threads();
   P.G = heads_per_task(&P, nt);
@@ -1019,17 +970,17 @@ static void step_row(float *s, float *o, float a, float kk, const float *v, floa
 sn_status sn_gated_linear_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const sn_tensor *q,
                                          const sn_tensor *k, const sn_tensor *v, const sn_tensor *g,
                                          const sn_linattn_opts *opts) {
-  sn_status st = need_in(ctx, "q", q, "(B, 1, H, Dk)", 4, (int64_t[]){-1, 1, -1, -1});
-  if (st == SN_OK) st = need_in(ctx, "k", k, "(B, 1, H, Dk) like q", 4, q->size);
-  if (st == SN_OK) st = need_in(ctx, "v", v, "(B, 1, H, Dv)", 4, (int64_t[]){q->size[0], 1, q->size[2], -1});
+  sn_status st = check_in(ctx, FN, "q", q, "(B, 1, H, Dk)", 4, (int64_t[]){-1, 1, -1, -1});
+  if (st == SN_OK) st = check_in(ctx, FN, "k", k, "(B, 1, H, Dk) like q", 4, q->size);
+  if (st == SN_OK) st = check_in(ctx, FN, "v", v, "(B, 1, H, Dv)", 4, (int64_t[]){q->size[0], 1, q->size[2], -1});
   if (st == SN_OK) st = need_head_dims(ctx, q, v);
   if (st == SN_OK && g) st = need_gates(ctx, g, q->size, "1", true);
   if (st == SN_OK) st = need_scale(ctx, opts);
   if (st != SN_OK) return st;
   if (!state || !o) return sn_fail(ctx, SN_EINVAL, "%s: state and o must not be NULL", FN);
   int64_t B = q->size[0], H = q->size[2], Dk = q->size[3], Dv = v->size[3];
-  st = need_out(ctx, "state", state, 4, (int64_t[]){B, H, Dk, Dv});
-  if (st == SN_OK) st = need_out(ctx, "o", o, 4, v->size);
+  st = check_out(ctx, FN, "state", state, true, 4, (int64_t[]){B, H, Dk, Dv});
+  if (st == SN_OK) st = check_out(ctx, FN, "o", o, true, 4, v->size);
   if (st != SN_OK) return st;
   int nt = omp_get_max_threads();
   int64_t per = pad16(Dk);

@@ -14,12 +14,9 @@ static const char *FN = "seqnn.F.attention";
 
 /* A (B, T, H, Dh) f32 argument; copied when its last dim is strided. */
 static sn_tensor *arg_4d(lua_State *L, int idx, const char *name) {
-  sn_tensor *t = sn_lua_check_tensor(L, idx, FN, name, SN_F32);
+  sn_tensor *t = sn_lua_rows_arg(L, idx, FN, name, false);
   if (t->ndim != 4) sn_lua_fail(L, "%s: %s must be (B, T, H, Dh), got %s", FN, name, SN_SHAPE(t));
-  if (t->size[3] <= 1 || t->stride[3] == 1) return t;
-  sn_tensor *c = sn_lua_push_empty_like(L, FN, t, SN_F32);
-  CHECK(L, sn_copy(sn_lua_ctx(L), c, t));
-  return c;
+  return t;
 }
 
 /* The options at these stack indices (0: absent): causal (absent: true, as in the step),

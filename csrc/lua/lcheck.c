@@ -68,6 +68,16 @@ sn_tensor *sn_lua_check_tensor(lua_State *L, int idx, const char *fn, const char
   return t;
 }
 
+sn_tensor *sn_lua_rows_arg(lua_State *L, int idx, const char *fn, const char *arg, bool optional) {
+  if (optional && lua_isnil(L, idx)) return NULL;
+  sn_tensor *t = sn_lua_check_tensor(L, idx, fn, arg, SN_F32);
+  if (t->ndim == 0 || t->size[t->ndim - 1] <= 1 || t->stride[t->ndim - 1] == 1) return t;
+  sn_tensor *c = sn_lua_push_empty_like(L, fn, t, SN_F32);
+  sn_status st = sn_copy(sn_lua_ctx(L), c, t);
+  if (st != SN_OK) sn_lua_raise(L, fn, st);
+  return c;
+}
+
 sn_tensor *sn_lua_push_tensor(lua_State *L) {
   /* One user value: a table for Lua-side fields (grad, requires_grad, ...). */
   sn_tensor *t = (sn_tensor *)lua_newuserdatauv(L, sizeof(sn_tensor), 1);

@@ -30,6 +30,10 @@ int sn_lua_raise(lua_State *L, const char *fn, sn_status st) __attribute__((nore
 
 /* The tensor at idx, checked for type, dtype (pass -1 for any) and not freed. */
 sn_tensor *sn_lua_check_tensor(lua_State *L, int idx, const char *fn, const char *arg, int dtype);
+/* An f32 tensor argument for a kernel that reads rows: NULL for nil when optional; a view
+ * whose last dim is not unit-stride is copied (pushed, so the collector owns the copy),
+ * others are returned as they are (a narrow of a fused projection is read in place). */
+sn_tensor *sn_lua_rows_arg(lua_State *L, int idx, const char *fn, const char *arg, bool optional);
 /* Makes the table at idx the metatable of every tensor pushed from now on. */
 void sn_lua_register_metatable(lua_State *L, int idx);
 /* The tensor at idx or NULL when the value is not a tensor (no error). */
@@ -68,9 +72,7 @@ void sn_lua_open_rope(lua_State *L);
 void sn_lua_open_scan(lua_State *L);
 /* Registers the causal conv1d kernels as core.k_causal_conv1d_* (lconv1d.c). */
 void sn_lua_open_conv1d(lua_State *L);
-/* Registers core.k_gated_linear_attention_* (llinear_attention.c). */
+/* Registers core.k_gated_linear_attention_* and core.k_delta_rule_* (llinear_attention.c). */
 void sn_lua_open_linear_attention(lua_State *L);
-/* Registers core.k_delta_rule_* (ldelta_rule.c). */
-void sn_lua_open_delta_rule(lua_State *L);
 
 #endif

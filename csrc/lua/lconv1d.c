@@ -11,14 +11,8 @@
 
 static const char *FN = "seqnn.F.causal_conv1d", *FN_STEP = "seqnn.F.causal_conv1d_step";
 
-/* An f32 tensor argument, copied when its last dim is strided. */
 static sn_tensor *arg_rows(lua_State *L, int idx, const char *fn, const char *name) {
-  sn_tensor *t = sn_lua_check_tensor(L, idx, fn, name, SN_F32);
-  if (t->ndim == 0 || t->size[t->ndim - 1] <= 1 || t->stride[t->ndim - 1] == 1) return t;
-  sn_tensor *c = sn_lua_push_empty_like(L, fn, t, SN_F32);
-  sn_status st = sn_copy(sn_lua_ctx(L), c, t);
-  if (st != SN_OK) sn_lua_raise(L, fn, st);
-  return c;
+  return sn_lua_rows_arg(L, idx, fn, name, false);
 }
 
 static sn_tensor *opt_bias(lua_State *L, int idx, const char *fn) {

@@ -10,14 +10,8 @@ static const char *FN = "seqnn.F.selective_scan";
 
 #define CHECK(L, st) do { sn_status st_ = (st); if (st_ != SN_OK) sn_lua_raise(L, FN, st_); } while (0)
 
-/* An f32 tensor argument (NULL for nil when optional); copied when its last dim is strided. */
 static sn_tensor *arg(lua_State *L, int idx, const char *name, bool optional) {
-  if (optional && lua_isnil(L, idx)) return NULL;
-  sn_tensor *t = sn_lua_check_tensor(L, idx, FN, name, SN_F32);
-  if (t->ndim == 0 || t->size[t->ndim - 1] <= 1 || t->stride[t->ndim - 1] == 1) return t;
-  sn_tensor *c = sn_lua_push_empty_like(L, FN, t, SN_F32);
-  CHECK(L, sn_copy(sn_lua_ctx(L), c, t));
-  return c;
+  return sn_lua_rows_arg(L, idx, FN, name, optional);
 }
 
 /* Dskip|nil, z|nil, delta_bias|nil, delta_softplus and, when h0 > 0, initial_state|nil. */

@@ -147,7 +147,6 @@ int luaopen_seqnn_core(lua_State *L) {
   sn_lua_open_scan(L);
   sn_lua_open_conv1d(L);
   sn_lua_open_linear_attention(L);
-  sn_lua_open_delta_rule(L);
   lua_pop(L, 2);
 
   lua_pushvalue(L, module);
