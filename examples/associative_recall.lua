@@ -15,10 +15,11 @@ local FLAGS = {
   { "steps", "integer", 1500, "optimizer steps per model" },
   { "batch", "integer", 32, "sequences per step" },
   { "length", "integer", 64, "sequence length" },
-  { "vocab", "integer", 128, "ids: blank, keys, values" },
+  { "vocab", "integer", 64, "ids: blank, keys, values" },
   { "pairs", "string", "4,8,16", "key-value pairs per sequence, trained as a mix and tested one by one" },
   { "d", "integer", 64, "model width" },
   { "heads", "integer", 2, "heads (the recurrent mixers' head dim is d / heads)" },
+  { "conv", "integer", 4, "short convolution width of the mixers that have one (deltanet, gla, mamba2, mamba)" },
   { "lr", "number", 3e-3, "peak learning rate (AdamW, warmup then cosine)" },
   { "eval", "integer", 8, "test batches per number of pairs" },
   { "models", "string", "attention,deltanet,gla,retnet,mamba2,linear", "token mixers, comma-separated" },
@@ -56,7 +57,8 @@ end
 local function run(mixer)
   sn.manual_seed(opts.seed)
   local model = sn.models.LM{ vocab = train.vocab_size, d = opts.d, layers = 2, heads = opts.heads,
-    context = opts.length, mixer = mixer, mlp = mixer == "mamba" and "none" or "gelu", norm = "rmsnorm" }
+    context = opts.length, mixer = mixer, mlp = mixer == "mamba" and "none" or "gelu", norm = "rmsnorm",
+    d_conv = opts.conv }
   local opt = sn.optim.AdamW(model:parameters(), { lr = opts.lr, weight_decay = 0.0 })
   local schedule = sn.optim.schedule.warmup_cosine{ lr = opts.lr, warmup = opts.steps // 20, total = opts.steps,
     min_lr = opts.lr / 10 }

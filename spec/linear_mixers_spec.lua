@@ -15,7 +15,7 @@ describe("the linear-time mixers in sn.models.LM", function()
   for _, mixer in ipairs(MIXERS) do
     it(mixer .. ": trains (a gradient for every parameter) and decodes like the full forward", function()
       local lm = sn.models.LM{ vocab = 13, d = 16, layers = 2, heads = 2, context = 32, mixer = mixer,
-        diag_block = 4, swa_window = 5, d_state = 8, headdim = 8 }
+        diag_block = 4, swa_window = 5, d_state = 8, headdim = 8, d_conv = 3 }
       local ids = sn.randint(0, 13, 2, 11)
       local logits = lm(ids)
       assert.are.same({ 2, 11, 13 }, logits:shape())
@@ -50,7 +50,7 @@ describe("the linear-time mixer layers", function()
     NormAttention = function() return sn.nn.LinearAttention(4, 2, { feature_map = "elu", normalize = "output", gate = true }) end,
     DiagAttention = function() return sn.nn.DiagAttention(4, 2, { block = 3 }) end,
     RetNet = function() return sn.nn.RetNet(4, 2) end,
-    GLA = function() return sn.nn.GLA(8, 2, { gate_rank = 2 }) end,
+    GLA = function() return sn.nn.GLA(8, 2, { gate_rank = 2, d_conv = 2 }) end,
     Liger = function() return sn.nn.Liger(4, 2, { window = 3 }) end,
     Mamba2 = function() return sn.nn.Mamba2(4, { d_state = 3, headdim = 4 }) end,
     DeltaNet = function() return sn.nn.DeltaNet(4, 2) end,

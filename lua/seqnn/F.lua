@@ -473,18 +473,13 @@ local function step_scale(fn, q, opts)
   return scale or (q:dim() == 4 and q:size(4) > 0 and 1 / math.sqrt(q:size(4)) or 1)
 end
 
-function F.gated_linear_attention_step(q, k, v, g, state, opts)
-  check_tensor("gated_linear_attention_step", "q", q, 1)
-  check_tensor("gated_linear_attention_step", "state", state, 5)
-  local scale = step_scale("gated_linear_attention_step", q, opts)
-  return core.k_gated_linear_attention_step(state, q, k, v, g, scale)
-end
-
-function F.delta_rule_step(q, k, v, beta, state, opts)
-  check_tensor("delta_rule_step", "q", q, 1)
-  check_tensor("delta_rule_step", "state", state, 5)
-  local scale = step_scale("delta_rule_step", q, opts)
-  return core.k_delta_rule_step(state, q, k, v, beta, scale)
+for _, name in ipairs({ "gated_linear_attention", "delta_rule" }) do
+  local fn, kernel = name .. "_step", core["k_" .. name .. "_step"]
+  F[fn] = function(q, k, v, gate, state, opts)
+    check_tensor(fn, "q", q, 1)
+    check_tensor(fn, "state", state, 5)
+    return kernel(state, q, k, v, gate, step_scale(fn, q, opts))
+  end
 end
 
 return F

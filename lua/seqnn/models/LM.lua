@@ -11,7 +11,8 @@
 --              "learned": a (context, d) table added to the embeddings, at most context
 --   mlp        "gelu", "swiglu", or "none" (Mamba's blocks: LM{..., mixer = "mamba", mlp = "none"})
 --   d_state, d_conv, expand, dt_rank, selective, bidirectional: passed to "mamba" mixers
---   (d_state, d_conv, expand, headdim to "mamba2"; d_conv to "deltanet"); swa_window to
+--   (d_state, d_conv, expand, headdim to "mamba2"; d_conv to "deltanet" and "gla", whose
+--   short convolution is off without it); swa_window to
 --   "swa" and "liger"; feature_map to "linear" and "transnormer"; diag_block to "transnormer"
 -- Decoding: cache = model:init_cache(batch, max_len), then model:step(ids, cache) with the
 -- prompt and then one token at a time; each call returns the logits of its tokens.

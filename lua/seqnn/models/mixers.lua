@@ -93,7 +93,7 @@ mixers.register("retnet", function(cfg)
   return RetNet(cfg.d, cfg.heads, { rope = cfg.rope, rope_base = cfg.rope_base, bias = cfg.bias })
 end)
 
-mixers.register("gla", function(cfg) return GLA(cfg.d, cfg.heads, { bias = cfg.bias }) end)
+mixers.register("gla", function(cfg) return GLA(cfg.d, cfg.heads, { d_conv = cfg.d_conv, bias = cfg.bias }) end)
 
 mixers.register("liger", function(cfg)
   return Liger(cfg.d, cfg.heads, { window = cfg.swa_window, rope = cfg.rope, rope_base = cfg.rope_base, bias = cfg.bias })
