@@ -129,6 +129,7 @@ bench: all $(BUILD)/bench/seqnn_bench
 	@$(LUA_ENV) $(LUA) bench/bench_train.lua
 	@$(LUA_ENV) $(LUA) bench/bench_gpt.lua
 	@$(LUA_ENV) $(LUA) bench/bench_mamba.lua
+	@$(LUA_ENV) $(LUA) bench/bench_linear_attention.lua
 	@$(LUA_ENV) $(LUA) bench/bench_peers.lua
 
 install: all

@@ -48,5 +48,6 @@ void bench_memory(void);
 void bench_nn(void);
 void bench_attention(void);
 void bench_scan(void);
+void bench_linear_attention(void);
 
 #endif

@@ -180,6 +180,7 @@ static const struct {
     {"nn", bench_nn},
     {"attention", bench_attention},
     {"scan", bench_scan},
+    {"linear_attention", bench_linear_attention},
 };
 
 int main(int argc, char **argv) {
