@@ -465,8 +465,8 @@ sn_status sn_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *k_cache, sn_te
  *   out[t,d] = y[t,d] silu(z[t,d])   if z, else y[t,d]
  * Inputs: f32, any strides with a unit-stride last dim (views of one projection are read in
  * place). Vectorized over channels, 16 per tile (one AVX-512 vector, two AVX2 ones),
- * threaded over (batch, slices of 128 channels); the (B,T,D,N) state history is never
- * stored. exp is a polynomial (relative error about 1e-7); softplus is x past 20.
+ * threaded over (batch, slices of 256 channels); the (B,T,D,N) state history is never
+ * stored. exp is a polynomial (relative error within 2.1e-7); softplus is x past 20.
  * fwd: out (B,T,D) contiguous; final_state (B,D,N) or NULL; chunk_states (B,nchunks,D,N),
  *   nchunks = ceil(T / SN_SCAN_CHUNK), the state entering each chunk of SN_SCAN_CHUNK steps
  *   (chunk 0: h0), saved for bwd, or NULL (inference).
@@ -476,7 +476,7 @@ sn_status sn_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *k_cache, sn_te
  *   (each needs its input: Dskip, delta_bias, z, initial_state). dfinal (B,D,N), the
  *   gradient of the final state, or NULL. dout and dfinal may be views like the inputs.
  *   Reductions over batch and channels run in a fixed order: the same bits for any thread
- *   count. Besides per-thread buffers the workspace holds 2 B ceil(D/128) T N floats of
+ *   count. Besides per-thread buffers the workspace holds 2 B ceil(D/256) T N floats of
  *   per-slice sums for dBm and dCm.
  * step (decode): one token. u, delta, z (B,D); Bm, Cm (B,N); state (B,D,N) contiguous,
  *   updated in place (h[t-1] -> h[t]); out (B,D). opts->initial_state is ignored. */

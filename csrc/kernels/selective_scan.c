@@ -4,11 +4,12 @@
  * its N states are N vectors, so the recurrence runs 16 channels at a time and never
  * vectorizes over n (N = 16 leaves nothing to vectorize). A task is a (sequence, slice of
  * SLICE_TILES tiles) and goes through time in chunks of SN_SCAN_CHUNK steps. The chunk's
- * rows of the slice's channels are packed first: one copy of 512 contiguous bytes per
+ * rows of the slice's channels are packed first: one copy of 1 KiB of contiguous bytes per
  * strided row rather than one cache line per tile and row. While the slice's tiles
  * compute, the inner loops (the ISA tables of simd/scan.h) fetch the next chunk's rows a
  * few lines per step, so memory keeps pace with the exps instead of delivering rows one
- * after another when they are packed.
+ * after another when they are packed. Results go out by streaming stores (ops->unpack):
+ * a plain store reads each line in before overwriting it, which ran 3x slower.
  * fwd: a task runs its chunks in order, saving the state entering each one when
  *   chunk_states is asked for.
  * bwd: a task runs the chunks last to first; for each tile it reloads the chunk's entering
@@ -18,7 +19,7 @@
  *   slice); after all tasks the partials are added slice by slice, and dA, dDskip,
  *   ddelta_bias (per-sequence partials) sequence by sequence. Slices depend only on D, so
  *   every sum runs in one order whatever the thread count. The partials take
- *   2 B ceil(D / 128) T N floats of the workspace.
+ *   2 B ceil(D / 256) T N floats of the workspace.
  * step: one fwd chunk of one step per (sequence, tile), the state read and written in
  *   place. */
 #include <omp.h>
@@ -31,7 +32,9 @@
 
 #define W SCAN_W
 #define CH SN_SCAN_CHUNK
-#define SLICE_TILES 8
+/* Tiles per slice: 16 measured 8% faster than 8 (half the per-slice sums over the lanes and
+ * slices) and no slower than 24; D = 1536 still makes 6 slices per sequence to thread. */
+#define SLICE_TILES 16
 #define LOG2E 1.4426950408889634
 /* Below this many state updates a call runs on the calling thread. */
 #define PARALLEL_MIN 32768
@@ -193,17 +196,6 @@ static void load_consts(const problem *P, consts k, int64_t d0, int dn) {
   }
 }
 
-/* h[n][l] = src[l * sd + n] (channel l's N states sd floats apart), zeros past dn. */
-static void load_state(float *h, const float *src, int64_t sd, int64_t N, int dn) {
-  for (int l = 0; l < W; l++)
-    for (int64_t n = 0; n < N; n++) h[n * W + l] = l < dn ? src[l * sd + n] : 0;
-}
-
-static void store_state(float *dst, int64_t N, const float *h, int dn) {
-  for (int l = 0; l < dn; l++)
-    for (int64_t n = 0; n < N; n++) dst[l * N + n] = h[n * W + l];
-}
-
 /* A slice: tiles tile0 .. tile0+ntl-1 of a sequence, channels d0 .. d0+n-1. Its rows are
  * packed SW floats apart, so one copy of n contiguous floats moves a row for all its
  * tiles (a tile alone would touch one cache line per strided row). */
@@ -229,20 +221,24 @@ static void pack(float *dst, const float *src, int64_t rs, int L, int n, int wid
   }
 }
 
-static void unpack(float *dst, int64_t rs, const float *src, int L, int n) {
-  for (int t = 0; t < L; t++) memcpy(dst + t * rs, src + t * SW, (size_t)n * sizeof(float));
+/* bc (see scan_chunk) from the L rows of Bm and Cm at bm, cm, rows bs, cs floats apart. */
+static void pack_bc(float *bc, const float *bm, int64_t bs, const float *cm, int64_t cs, int L, int64_t N) {
+  for (int t = 0; t < L; t++)
+    for (int64_t n = 0; n < N + N % 2; n++) {
+      float *p = bc + (n / 2 * CH + t) * 4 + n % 2;
+      p[0] = n < N ? bm[t * bs + n] : 0;
+      p[2] = n < N ? cm[t * cs + n] : 0;
+    }
 }
 
 /* c's prefetch list: tile i's share (of parts) of the L rows, n floats each, of the arrays
- * at ptr[0 .. narr) (NULL: none; rows rs[k] floats apart); those from nread on are to be
- * written. */
-static void share_rows(scan_chunk *c, const float *const *ptr, const int64_t *rs, int narr, int nread, int L, int n,
-                       int i, int parts) {
+ * at ptr[0 .. narr) (NULL: none; rows rs[k] floats apart). */
+static void share_rows(scan_chunk *c, const float *const *ptr, const int64_t *rs, int narr, int L, int n, int i,
+                       int parts) {
   int64_t r0 = (int64_t)i * L / parts, r1 = (int64_t)(i + 1) * L / parts;
-  c->npf = 0, c->pf_write = SCAN_PF;
+  c->npf = 0;
   for (int k = 0; k < narr; k++)
     if (ptr[k]) {
-      if (k >= nread && c->pf_write == SCAN_PF) c->pf_write = c->npf;
       c->pf_rs[c->npf] = rs[k];
       c->pf[c->npf++] = ptr[k] + r0 * rs[k];
     }
@@ -255,9 +251,10 @@ static const float *row(view v, int64_t b, int64_t t0, int64_t d0) { return v.p 
 /* ---- forward --------------------------------------------------------------------------- */
 
 /* Per thread: each tile's constants and state, then u, delta, z, out of a chunk (SCAN_SKEW
- * apart, see simd/scan.h), work. */
+ * apart, see simd/scan.h), work, Bm and Cm. */
 static int64_t fwd_floats(const problem *P) {
-  return SLICE_TILES * (consts_floats(P) + P->N * W) + 4 * (CH * SW + SCAN_SKEW) + SCAN_WORK_FLOATS;
+  return SLICE_TILES * (consts_floats(P) + P->N * W) + 4 * (CH * SW + SCAN_SKEW) + SCAN_WORK_FLOATS +
+         SCAN_BC_FLOATS(P->N);
 }
 
 static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t b, int64_t s, float *out,
@@ -266,41 +263,42 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
   slice sl = slice_of(P, s);
   int64_t span = CH * SW + SCAN_SKEW;
   float *u = w + SLICE_TILES * per_tile, *delta = u + span, *z = delta + span, *o = z + span;
+  float *work = o + span, *bc = work + SCAN_WORK_FLOATS;
   for (int i = 0; i < sl.ntl; i++) {
     float *h = w + i * per_tile + consts_floats(P);
     int dn = tile_channels(&sl, i);
     load_consts(P, consts_at(P, w + i * per_tile), sl.d0 + i * W, dn);
-    if (P->h0.p) load_state(h, row(P->h0, b, sl.d0 + i * W, 0), P->h0.s1, N, dn);
+    if (P->h0.p) ops->load_state(h, row(P->h0, b, sl.d0 + i * W, 0), P->h0.s1, (int)N, dn);
     else memset(h, 0, (size_t)(N * W) * sizeof(float));
   }
-  scan_chunk c = {.N = (int)N, .ps = SW, .bst = P->Bm.s1, .cst = P->Cm.s1, .softplus = P->softplus,
-                  .work = o + span};
+  scan_chunk c = {.N = (int)N, .ps = SW, .bc = bc, .softplus = P->softplus, .work = work};
   for (int64_t ch = 0; ch < P->chunks; ch++) {
     int64_t t0 = ch * CH;
     c.L = (int)min64(CH, P->T - t0);
     pack(u, row(P->u, b, t0, sl.d0), P->u.s1, c.L, sl.n, sl.ntl * W);
     pack(delta, row(P->delta, b, t0, sl.d0), P->delta.s1, c.L, sl.n, sl.ntl * W);
     if (P->z.p) pack(z, row(P->z, b, t0, sl.d0), P->z.s1, c.L, sl.n, sl.ntl * W);
-    c.Bm = row(P->Bm, b, t0, 0), c.Cm = row(P->Cm, b, t0, 0);
+    pack_bc(bc, row(P->Bm, b, t0, 0), P->Bm.s1, row(P->Cm, b, t0, 0), P->Cm.s1, c.L, N);
     int64_t tn = ch + 1 < P->chunks ? t0 + CH : t0; /* the next chunk (none: 0 rows) */
     const float *next[] = {row(P->u, b, tn, sl.d0), row(P->delta, b, tn, sl.d0),
-                           P->z.p ? row(P->z, b, tn, sl.d0) : NULL, out + (b * P->T + tn) * D + sl.d0};
-    int64_t next_rs[] = {P->u.s1, P->delta.s1, P->z.s1, D};
+                           P->z.p ? row(P->z, b, tn, sl.d0) : NULL};
+    int64_t next_rs[] = {P->u.s1, P->delta.s1, P->z.s1};
     for (int i = 0; i < sl.ntl; i++) {
-      share_rows(&c, next, next_rs, 4, 3, tn > t0 ? (int)min64(CH, P->T - tn) : 0, sl.n, i, sl.ntl);
+      share_rows(&c, next, next_rs, 3, tn > t0 ? (int)min64(CH, P->T - tn) : 0, sl.n, i, sl.ntl);
       consts k = consts_at(P, w + i * per_tile);
       c.A = k.A, c.A2 = k.A2, c.Dskip = k.Dskip, c.bias = k.bias, c.h = w + i * per_tile + consts_floats(P);
       c.u = u + i * W, c.delta = delta + i * W, c.z = P->z.p ? z + i * W : NULL, c.out = o + i * W;
       if (chunk_states)
-        store_state(chunk_states + ((b * P->chunks + ch) * D + sl.d0 + i * W) * N, N, c.h, tile_channels(&sl, i));
+        ops->store_state(chunk_states + ((b * P->chunks + ch) * D + sl.d0 + i * W) * N, c.h, (int)N,
+                         tile_channels(&sl, i));
       ops->fwd(&c);
     }
-    unpack(out + (b * P->T + t0) * D + sl.d0, D, o, c.L, sl.n);
+    ops->unpack(out + (b * P->T + t0) * D + sl.d0, D, o, SW, c.L, sl.n);
   }
   if (final_state)
     for (int i = 0; i < sl.ntl; i++)
-      store_state(final_state + (b * D + sl.d0 + i * W) * N, N, w + i * per_tile + consts_floats(P),
-                  tile_channels(&sl, i));
+      ops->store_state(final_state + (b * D + sl.d0 + i * W) * N, w + i * per_tile + consts_floats(P), (int)N,
+                       tile_channels(&sl, i));
 }
 
 sn_status sn_selective_scan_fwd(sn_ctx *ctx, sn_tensor *out, sn_tensor *final_state, sn_tensor *chunk_states,
@@ -341,10 +339,10 @@ typedef struct {
 } bwd_args;
 
 /* Per thread: the slice's constants, one state, u, delta, z, dout, du, ddelta, dz of a
- * chunk (SCAN_SKEW apart, see simd/scan.h), work, and the dBm, dCm sums of a chunk. */
+ * chunk (SCAN_SKEW apart, see simd/scan.h), work, the dBm, dCm sums of a chunk, Bm and Cm. */
 static int64_t bwd_floats(const problem *P) {
   return SLICE_TILES * consts_floats(P) + P->N * W + 7 * (CH * SW + SCAN_SKEW) + SCAN_WORK_FLOATS +
-         SCAN_ACC_FLOATS(P->N);
+         SCAN_ACC_FLOATS(P->N) + SCAN_BC_FLOATS(P->N);
 }
 
 static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
@@ -354,49 +352,49 @@ static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
   int64_t span = CH * SW + SCAN_SKEW;
   float *h = w + SLICE_TILES * consts_floats(P), *u = h + N * W, *delta = u + span, *z = delta + span;
   float *dout = z + span, *du = dout + span, *ddelta = du + span, *dz = ddelta + span, *work = dz + span;
-  float *acc = work + SCAN_WORK_FLOATS;
+  float *acc = work + SCAN_WORK_FLOATS, *bc = acc + SCAN_ACC_FLOATS(N);
   memset(acc, 0, (size_t)SCAN_ACC_FLOATS(N) * sizeof(float));
   for (int i = 0; i < sl.ntl; i++) {
     int64_t d0 = sl.d0 + i * W, bt = b * P->tiles + sl.tile0 + i;
     int dn = tile_channels(&sl, i);
     load_consts(P, consts_at(P, w + i * consts_floats(P)), d0, dn);
-    if (a->dfinal.p) load_state(a->g + bt * N * W, row(a->dfinal, b, d0, 0), a->dfinal.s1, N, dn);
+    if (a->dfinal.p) a->ops->load_state(a->g + bt * N * W, row(a->dfinal, b, d0, 0), a->dfinal.s1, (int)N, dn);
     else memset(a->g + bt * N * W, 0, (size_t)(N * W) * sizeof(float));
     memset(a->dA + bt * N * W, 0, (size_t)(N * W) * sizeof(float));
     memset(a->dDskip + bt * W, 0, W * sizeof(float));
     memset(a->dbias + bt * W, 0, W * sizeof(float));
   }
-  scan_chunk c = {.N = (int)N, .ps = SW, .bst = P->Bm.s1, .cst = P->Cm.s1, .softplus = P->softplus, .h = h,
-                  .acc = acc, .work = work};
+  scan_chunk c = {.N = (int)N, .ps = SW, .bc = bc, .softplus = P->softplus, .h = h, .acc = acc, .work = work};
   for (int64_t ch = P->chunks - 1; ch >= 0; ch--) {
     int64_t t0 = ch * CH;
     c.L = (int)min64(CH, T - t0);
-    c.Bm = row(P->Bm, b, t0, 0), c.Cm = row(P->Cm, b, t0, 0);
+    pack_bc(bc, row(P->Bm, b, t0, 0), P->Bm.s1, row(P->Cm, b, t0, 0), P->Cm.s1, c.L, N);
     pack(u, row(P->u, b, t0, sl.d0), P->u.s1, c.L, sl.n, sl.ntl * W);
     pack(delta, row(P->delta, b, t0, sl.d0), P->delta.s1, c.L, sl.n, sl.ntl * W);
     if (P->z.p) pack(z, row(P->z, b, t0, sl.d0), P->z.s1, c.L, sl.n, sl.ntl * W);
     pack(dout, row(a->dout, b, t0, sl.d0), a->dout.s1, c.L, sl.n, sl.ntl * W);
     int64_t tp = ch > 0 ? t0 - CH : t0, np = ch > 0 ? CH : 0; /* the chunk swept next (none: 0 rows) */
     const float *next[] = {row(P->u, b, tp, sl.d0), row(P->delta, b, tp, sl.d0),
-                           P->z.p ? row(P->z, b, tp, sl.d0) : NULL, row(a->dout, b, tp, sl.d0),
-                           a->du + (b * T + tp) * D + sl.d0, a->ddelta + (b * T + tp) * D + sl.d0,
-                           a->dz ? a->dz + (b * T + tp) * D + sl.d0 : NULL};
-    int64_t next_rs[] = {P->u.s1, P->delta.s1, P->z.s1, a->dout.s1, D, D, D};
+                           P->z.p ? row(P->z, b, tp, sl.d0) : NULL, row(a->dout, b, tp, sl.d0)};
+    int64_t next_rs[] = {P->u.s1, P->delta.s1, P->z.s1, a->dout.s1};
     for (int i = 0; i < sl.ntl; i++) {
       int64_t d0 = sl.d0 + i * W, bt = b * P->tiles + sl.tile0 + i;
-      share_rows(&c, next, next_rs, 7, 4, (int)np, sl.n, i, sl.ntl);
+      share_rows(&c, next, next_rs, 4, (int)np, sl.n, i, sl.ntl);
       consts k = consts_at(P, w + i * consts_floats(P));
       c.A = k.A, c.A2 = k.A2, c.Dskip = k.Dskip, c.bias = k.bias;
       c.g = a->g + bt * N * W, c.dA = a->dA + bt * N * W, c.dDskip = a->dDskip + bt * W, c.dbias = a->dbias + bt * W;
       c.u = u + i * W, c.delta = delta + i * W, c.z = P->z.p ? z + i * W : NULL, c.dout = dout + i * W;
       c.du = du + i * W, c.ddelta = ddelta + i * W, c.dz = dz + i * W;
-      load_state(h, a->chunk_states + ((b * P->chunks + ch) * D + d0) * N, N, N, tile_channels(&sl, i));
+      const float *states = a->chunk_states + ((b * P->chunks + ch) * D + d0) * N;
+      a->ops->load_state(h, states, N, (int)N, tile_channels(&sl, i));
+      if (ch > 0) /* the tile's states entering the chunk swept next, which load_state would wait on */
+        for (int64_t j = 0; j < tile_channels(&sl, i) * N; j += W) __builtin_prefetch(states - D * N + j);
       a->ops->bwd(&c);
     }
     int64_t o = (b * T + t0) * D + sl.d0;
-    unpack(a->du + o, D, du, c.L, sl.n);
-    unpack(a->ddelta + o, D, ddelta, c.L, sl.n);
-    if (a->dz) unpack(a->dz + o, D, dz, c.L, sl.n);
+    a->ops->unpack(a->du + o, D, du, SW, c.L, sl.n);
+    a->ops->unpack(a->ddelta + o, D, ddelta, SW, c.L, sl.n);
+    if (a->dz) a->ops->unpack(a->dz + o, D, dz, SW, c.L, sl.n);
     int64_t part = ((b * a->slices + s) * T + t0) * N;
     a->ops->take_sums(a->dB + part, a->dC + part, N, acc, c.L, (int)N);
   }
@@ -461,13 +459,12 @@ sn_status sn_selective_scan_bwd(sn_ctx *ctx, sn_tensor *du, sn_tensor *ddelta, s
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < B * T; r++) {
       int64_t b = r / T, t = r % T;
-      for (int64_t n = 0; n < N; n++) {
-        float sb = 0, sc = 0;
-        for (int64_t s = 0; s < slices; s++) {
-          int64_t i = ((b * slices + s) * T + t) * N + n;
-          sb += args.dB[i], sc += args.dC[i];
-        }
-        pdB[r * N + n] = sb, pdC[r * N + n] = sc;
+      float *sb = pdB + r * N, *sc = pdC + r * N;
+      memset(sb, 0, (size_t)N * sizeof(float));
+      memset(sc, 0, (size_t)N * sizeof(float));
+      for (int64_t s = 0; s < slices; s++) {
+        const float *xb = args.dB + ((b * slices + s) * T + t) * N, *xc = args.dC + ((b * slices + s) * T + t) * N;
+        for (int64_t n = 0; n < N; n++) sb[n] += xb[n], sc[n] += xc[n];
       }
     }
 #pragma omp for schedule(static)
@@ -525,15 +522,17 @@ sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, 
     consts k = consts_at(&P, mine);
     float *h = mine + consts_floats(&P), *pu = h + N * W, *pd = pu + CH * W, *pz = pd + CH * W, *o = pz + CH * W;
     load_consts(&P, k, d0, dn);
-    load_state(h, ps + (b * D + d0) * N, N, N, dn);
+    ops->load_state(h, ps + (b * D + d0) * N, N, (int)N, dn);
     pack(pu, P.u.p + b * P.u.s0 + d0, 0, 1, dn, W);
     pack(pd, P.delta.p + b * P.delta.s0 + d0, 0, 1, dn, W);
     if (P.z.p) pack(pz, P.z.p + b * P.z.s0 + d0, 0, 1, dn, W);
-    scan_chunk c = {.L = 1, .N = (int)N, .ps = W, .u = pu, .delta = pd, .z = P.z.p ? pz : NULL, .Bm = P.Bm.p + b * P.Bm.s0,
-                    .Cm = P.Cm.p + b * P.Cm.s0, .A = k.A, .A2 = k.A2, .Dskip = k.Dskip, .bias = k.bias,
-                    .softplus = P.softplus, .h = h, .out = o, .work = o + CH * W};
+    float *bc = o + CH * W + SCAN_WORK_FLOATS;
+    pack_bc(bc, P.Bm.p + b * P.Bm.s0, 0, P.Cm.p + b * P.Cm.s0, 0, 1, N);
+    scan_chunk c = {.L = 1, .N = (int)N, .ps = W, .u = pu, .delta = pd, .z = P.z.p ? pz : NULL, .bc = bc,
+                    .A = k.A, .A2 = k.A2, .Dskip = k.Dskip, .bias = k.bias, .softplus = P.softplus, .h = h,
+                    .out = o, .work = o + CH * W};
     ops->fwd(&c);
-    store_state(ps + (b * D + d0) * N, N, h, dn);
+    ops->store_state(ps + (b * D + d0) * N, h, (int)N, dn);
     memcpy(po + b * D + d0, o, (size_t)dn * sizeof(float));
   }
   return SN_OK;

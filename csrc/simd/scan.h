@@ -6,8 +6,8 @@
  * The unit of work is one tile of SCAN_W channels (one vector; lanes are channels) over
  * one chunk of L <= SN_SCAN_CHUNK steps. Per-step channel data is packed by the caller
  * into rows of SCAN_W floats, ps floats apart (lanes past the tile's last channel hold
- * zeros, which keeps them at zero state and zero gradient); the (N) rows of Bm and Cm are
- * read in place.
+ * zeros, which keeps them at zero state and zero gradient); Bm and Cm by pairs of states
+ * (scan_chunk.bc).
  * States and per-state constants are [N][SCAN_W]: state n of the tile's 16 channels is
  * one vector. */
 #ifndef SN_SIMD_SCAN_H
@@ -22,18 +22,22 @@
 /* Floats between consecutive scratch arrays past a multiple of 4 KiB (see bufs_of). */
 #define SCAN_SKEW 64
 /* Arrays in a scan_chunk's prefetch list. */
-#define SCAN_PF 8
+#define SCAN_PF 4
+/* Floats of scan_chunk.bc for N states. */
+#define SCAN_BC_FLOATS(N) (((N) + 1) / 2 * 4 * SN_SCAN_CHUNK)
 /* Floats of scan_chunk.acc for N states. */
 #define SCAN_ACC_FLOATS(N) (2 * (N) * SN_SCAN_CHUNK * SCAN_W)
-/* Floats of scan_chunk.work that fwd and bwd need, for any N. */
-#define SCAN_WORK_FLOATS (16 * SN_SCAN_CHUNK * SCAN_W + 16 * SCAN_SKEW)
+/* Floats of scan_chunk.work that fwd and bwd need, for any N (see bufs_of). */
+#define SCAN_WORK_FLOATS (12 * (SN_SCAN_CHUNK * SCAN_W + SCAN_SKEW))
 
 typedef struct scan_chunk {
   int L, N;
   int64_t ps;                 /* row stride of the packed per-step arrays below */
   const float *u, *delta, *z; /* [L][ps]; z NULL: no gate */
-  const float *Bm, *Cm;       /* row t (N floats) at Bm + t * bst, Cm + t * cst */
-  int64_t bst, cst;
+  /* Bm[t,n] and Cm[t,n], pair p = n / 2 at bc + (p * SN_SCAN_CHUNK + t) * 4 as B[2p], B[2p+1],
+   * C[2p], C[2p+1] (zeros past N): a register block's share of them fills a few lines, where
+   * rows of N would take a line per step of each (and L1 is full). */
+  const float *bc;
   const float *A, *A2;        /* [N][W]: A and A log2(e) */
   const float *Dskip, *bias;  /* [W], zeros when absent */
   bool softplus;
@@ -52,13 +56,13 @@ typedef struct scan_chunk {
    * lanes as far as the table does in registers; take_sums finishes them. */
   float *acc;
   float *work; /* SCAN_WORK_FLOATS of scratch, 64-byte aligned */
-  /* Lines to bring into L2 while computing, a few per step (issued all at once they would
-   * stall on the line fill buffers): pf_rows rows of pf_floats floats of npf arrays, array
-   * i's rows at pf[i] + r * pf_rs[i]; arrays from pf_write on are fetched for writing.
-   * The caller's next chunk, which memory would otherwise deliver row by row. */
+  /* Lines to bring into L2 while computing, spread evenly over the chunk (issued in bursts
+   * they would hold the line fill buffers the loops' own misses need): pf_rows rows of
+   * pf_floats floats of npf arrays, array i's rows at pf[i] + r * pf_rs[i]. The caller's
+   * next chunk, which memory would otherwise deliver row by row. */
   const float *pf[SCAN_PF];
   int64_t pf_rs[SCAN_PF];
-  int npf, pf_write, pf_rows, pf_floats;
+  int npf, pf_rows, pf_floats;
 } scan_chunk;
 
 typedef struct sn_scan_ops {
@@ -70,6 +74,13 @@ typedef struct sn_scan_ops {
   /* dB[t][n], dC[t][n] (rows ld floats apart, t < L, n < N) from acc, which is zeroed
    * again. Always in the same order. */
   void (*take_sums)(float *dB, float *dC, int64_t ld, float *acc, int L, int N);
+  /* dst[t * rs + j] = src[t * ss + j] for t < L, j < n. The caller's outputs, not read again
+   * here: with AVX-512 by streaming stores, which skip reading the lines in first. */
+  void (*unpack)(float *dst, int64_t rs, const float *src, int64_t ss, int L, int n);
+  /* A tile's states between the [N][SCAN_W] of the loops and a (channel, N) layout:
+   * h[n][l] = src[l * sd + n] for l < dn (zeros past dn); dst[l * N + n] = h[n][l]. */
+  void (*load_state)(float *h, const float *src, int64_t sd, int N, int dn);
+  void (*store_state)(float *dst, const float *h, int N, int dn);
 } sn_scan_ops;
 
 extern const sn_scan_ops sn_scan_scalar, sn_scan_avx2, sn_scan_avx512;

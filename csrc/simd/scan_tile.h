@@ -4,10 +4,13 @@
  * Floating-point contraction is turned on here (C11 mode turns it off) so that a*b + c
  * becomes one FMA where the ISA has it.
  *
- * The states of a tile are visited in register blocks of NB (the chunk's steps inner), so
- * a block's NB states stay in registers across the chunk; y[t] and the backward's sums
- * over n are the only per-step values carried from block to block, through L1. The hot
- * part is the exp of dt A: B T D N of them, as 2^(dt A log2 e) by a polynomial. */
+ * The states of a tile are visited in register blocks of FWD_NB or BWD_NB (the chunk's
+ * steps inner), so a block's states stay in registers across the chunk; y[t] and the
+ * backward's sums over n are the only per-step values carried from block to block, through
+ * L1. The hot part is the exp of dt A: B T D N of them, as 2^(dt A log2 e) by a polynomial.
+ * The backward computes it once: its recomputing pass keeps each decay (and a h[t-1]) for
+ * the sweep back. The dBm, dCm terms are sums over lanes: with AVX-512 two states' terms
+ * fold to one vector per step in the hot loops, and take_sums finishes them per chunk. */
 #pragma GCC optimize("fp-contract=fast")
 
 #include <string.h>
@@ -27,14 +30,18 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 #define INLINE static inline __attribute__((always_inline))
 #define W SCAN_W
 
-/* States per register block. The backward keeps 4 vectors per state in registers (g, h, A,
- * dA): 16 of AVX-512's 32 with NB = 4. Without AVX-512 a vector takes 2 or 4 registers and
- * NB = 2 measured fastest (both 1 and 4 were slower). */
+/* States per register block: the forward keeps 2 vectors per state in registers (h, A),
+ * the backward's sweep 3 (g, A, dA). Its recomputing pass also keeps 2 vectors per state
+ * and step for the sweep, [L][BWD_NB] of them in L1 with the per-step vectors: BWD_NB = 2
+ * fits (4 spills to L2 and measured slower). Without AVX-512 a vector takes 2 or 4
+ * registers and 2 measured fastest (both 1 and 4 were slower). */
 #ifdef __AVX512F__
-#define NB 4
+#define FWD_NB 4
 #else
-#define NB 2
+#define FWD_NB 2
 #endif
+#define BWD_NB 2
+#define NB_MAX 4
 
 /* Macros, not functions: no vector is passed or returned by value, so the ABI of the
  * builds without AVX-512 never matters. */
@@ -53,8 +60,15 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 #define vselect(mask, a, b) ((vf)(((vi)(a) & ~(mask)) | ((vi)(b) & (mask))))
 
 #define LOG2E 1.44269504088896341f
-#define LN2 0.693147180559945309
 
+#ifdef __AVX512F__
+/* 2^f on [0, 1), degree 5, highest power first: a minimax fit for relative error with the
+ * constant term held at 1, so that 2^x is exact at integers (1.5e-7, 2.0e-7 evaluated in
+ * float; a free constant term gains little and gives 2^0 = 1 - 2^-24). */
+static const float EXP2_POLY[] = {0.00189510733f, 0.00895988848f, 0.0558360219f,
+                                  0.240157738f,   0.693151236f,   1.0f};
+#else
+#define LN2 0.693147180559945309
 /* The coefficients of 2^f = e^(f ln2) on |f| <= 1/2: vec.h's polynomial for e^r with ln2
  * folded in (EXP2_POLY[k] multiplies f^(6-k)), so the reduction needs no multiply.
  * Constants, not values computed per call: GCC builds a splat of a variable on the stack
@@ -65,88 +79,118 @@ typedef uint32_t vu __attribute__((vector_size(64)));
       (float)(c1 * LN2), (float)(c0)
 #define APPLY(m, ...) m(__VA_ARGS__)
 static const float EXP2_POLY[] = {APPLY(FOLD_LN2, SN_EXP_POLY)};
+#endif
+#define EXP2_DEG ((int)(sizeof EXP2_POLY / sizeof EXP2_POLY[0]) - 1)
 
-/* 2^x for every float x: 0 below the subnormals, inf above FLT_MAX, NaN for NaN. x = n + f
- * with n = rint(x), |f| <= 1/2; 2^f by the polynomial, scaled by 2^n. */
+/* 2^x for every float x: 0 below the subnormals, inf above FLT_MAX, NaN for NaN. */
 INLINE void vexp2(vf *xp) {
-  vf x = *xp, f, p;
+  vf x = *xp, f, p = splat(EXP2_POLY[0]);
 #ifdef __AVX512F__
-  /* roundscale and reduce split x exactly (reduce gives f = 0 for +-inf), and scalef
-   * applies 2^n with overflow, underflow and subnormals handled. */
-  vf n = (vf)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  f = (vf)_mm512_reduce_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  p = splat(EXP2_POLY[0]);
+  /* x = floor(x) + f, f in [0, 1), by reduce (f = 0 for +-inf); scalef multiplies by
+   * 2^floor(x) itself, handling overflow, underflow and subnormals: 7 instructions. */
+  f = (vf)_mm512_reduce_ps((__m512)x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
 #pragma GCC unroll 7
-  for (int k = 1; k < 7; k++) p = p * f + EXP2_POLY[k];
-  *xp = (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+  for (int k = 1; k <= EXP2_DEG; k++) p = p * f + EXP2_POLY[k];
+  *xp = (vf)_mm512_scalef_ps((__m512)p, (__m512)x);
 #else
-  /* Clamped to [-127, 128], 2^n is an exponent field of 0 (giving 0) .. 255 (giving inf).
-   * Adding 1.5 * 2^23 + 127 rounds x to an integer whose low mantissa bits are n + 127.
-   * A NaN x is set back at the end (the clamps do not keep it). */
+  /* x = n + f with n = rint(x), |f| <= 1/2. Clamped to [-127, 128], 2^n is an exponent
+   * field of 0 (giving 0) .. 255 (giving inf). Adding 1.5 * 2^23 + 127 rounds x to an
+   * integer whose low mantissa bits are n + 127. A NaN x is set back at the end (the
+   * clamps do not keep it). */
   vi nan = sign_mask(0x7f800000 - ((vi)x & 0x7fffffff));
   x = vselect(lanes_below(x, -127.0f), x, splat(-127.0f));
   x = vselect(lanes_below(128.0f, x), x, splat(128.0f));
   vf r = x + 12583039.0f;
   f = x - (r - 12583039.0f);
-  p = splat(EXP2_POLY[0]);
 #pragma GCC unroll 7
-  for (int k = 1; k < 7; k++) p = p * f + EXP2_POLY[k];
+  for (int k = 1; k <= EXP2_DEG; k++) p = p * f + EXP2_POLY[k];
   *xp = (vf)((vi)(p * (vf)((vu)r << 23)) | (nan & 0x7fc00000));
 #endif
 }
 
-/* 1 / (1 + e^-x) */
-INLINE void vsigmoid(vf *xp) {
-  vf e = *xp * -LOG2E;
-  vexp2(&e);
-  *xp = 1.0f / (e + 1.0f);
+/* 1 / x for x in [1, 2]: with AVX-512 the 14-bit estimate and one Newton step (a division
+ * blocks the divider for 16 cycles per vector). */
+INLINE void vrecip(vf *xp) {
+#ifdef __AVX512F__
+  vf x = *xp, r = (vf)_mm512_rcp14_ps((__m512)x);
+  *xp = r + r * (1.0f - x * r);
+#else
+  *xp = 1.0f / *xp;
+#endif
 }
 
-/* log(1 + e^x) = max(x, 0) + log1p(e^-|x|), with log1p(v) = 2 atanh(v / (2 + v)) for
- * v in (0, 1]: s <= 1/3, so the odd series to s^15 is within 2e-9. Past x = 20 this
- * rounds to x, which is the threshold of mamba's softplus. */
-INLINE void vsoftplus(vf *xp) {
-  vf x = *xp, v = (vf)((vi)x & 0x7fffffff) * -LOG2E;
+/* sigmoid(x) = 1 / (1 + e^-x) into *sp from x and e = e^-|x|: r = 1 / (1 + e) for x >= 0,
+ * else e r. */
+INLINE void sigmoid_of(vf *sp, const vf *xp, const vf *ep) {
+  vf r = *ep + 1.0f;
+  vrecip(&r);
+#ifdef __AVX512F__
+  *sp = (vf)_mm512_mask_mul_ps((__m512)r, _mm512_cmp_ps_mask((__m512)*xp, _mm512_setzero_ps(), _CMP_LT_OQ),
+                               (__m512)*ep, (__m512)r);
+#else
+  *sp = vselect(sign_mask(*xp), r, *ep * r);
+#endif
+}
+
+INLINE void vsigmoid(vf *xp) {
+  vf e = (vf)((vi)*xp & 0x7fffffff) * -LOG2E;
+  vexp2(&e);
+  sigmoid_of(xp, xp, &e);
+}
+
+/* log(1 + e^x) = max(x, 0) + log1p(v), v = e^-|x| in (0, 1], with log1p(v) = v P(v), P a
+ * degree 8 minimax fit of log1p(v) / v (relative error 3e-8; 1.7e-7 evaluated in float).
+ * Past x = 20 this rounds to x, which is the threshold of mamba's softplus. With sig, also
+ * its derivative sigmoid(x). */
+static const float LOG1P_POLY[] = {0.00523268897f, -0.0295052156f, 0.0782259107f,
+                                   -0.136632413f,  0.191060051f,   -0.24842982f,
+                                   0.333190978f,   -0.499994934f,  0.99999994f};
+INLINE void vsoftplus(vf *xp, vf *sig) {
+  vf x = *xp, v = (vf)((vi)x & 0x7fffffff) * -LOG2E, p = splat(LOG1P_POLY[0]);
   vexp2(&v);
-  vf s = v / (v + 2.0f), s2 = s * s, q = splat(1.0f / 15);
-  q = q * s2 + 1.0f / 13, q = q * s2 + 1.0f / 11, q = q * s2 + 1.0f / 9, q = q * s2 + 1.0f / 7;
-  q = q * s2 + 1.0f / 5, q = q * s2 + 1.0f / 3, q = q * s2 + 1.0f;
-  *xp = vselect(lanes_below(x, 0.0f), x, splat(0.0f)) + 2.0f * s * q;
+#pragma GCC unroll 9
+  for (int k = 1; k < 9; k++) p = p * v + LOG1P_POLY[k];
+#ifdef __AVX512F__
+  *xp = (vf)_mm512_max_ps((__m512)x, _mm512_setzero_ps()) + v * p;
+#else
+  *xp = vselect(lanes_below(x, 0.0f), x, splat(0.0f)) + v * p;
+#endif
+  if (sig) sigmoid_of(sig, &x, &v);
 }
 
 /* The per-step vectors of a chunk in work: dt, dt u, y (the running sum_n C h + Dskip u),
  * then for bwd dy, sigmoid(pre) (the softplus derivative), sigmoid(z), sum_n g Bm,
- * sum_n g A exp(dt A) h[t-1]: [L][W] each; and a register block's decays and entering
- * states, [L][NB][W] each. */
+ * sum_n g A exp(dt A) h[t-1]: [L][W] each; and a register block's decays a and a h[t-1],
+ * [L][BWD_NB][W] each. What the backward's blocks touch fills L1: another array there
+ * measured 25% slower. */
 typedef struct {
-  float *dt, *dtu, *y, *dy, *dsig, *sz, *sgb, *sga, *a, *hp;
+  float *dt, *dtu, *y, *dy, *dsig, *sz, *sgb, *sga, *a, *ah;
 } bufs;
 
 static bufs bufs_of(const scan_chunk *c) {
   /* Staggered by SCAN_SKEW so that no two are a multiple of 4 KiB apart: a load whose
    * address matches a pending store's low 12 bits waits for it (4K aliasing). */
   int64_t s = (int64_t)SN_SCAN_CHUNK * W + SCAN_SKEW;
+  _Static_assert((8 + 2 * BWD_NB) * (SN_SCAN_CHUNK * W + SCAN_SKEW) <= SCAN_WORK_FLOATS, "work too small");
   float *w = c->work;
   return (bufs){w, w + s, w + 2 * s, w + 3 * s, w + 4 * s, w + 5 * s, w + 6 * s, w + 7 * s, w + 8 * s,
-                w + 8 * s + NB * s};
+                w + 8 * s + BWD_NB * s};
 }
 
-/* Where the walk over c's prefetch list is, and how many lines to issue per call. */
+/* Where the walk over c's prefetch list is: array i, row r, float j; a line is due each time
+ * the credit, raised by the lines per call, reaches the calls. */
 typedef struct {
-  int i, r, j, per;
+  int i, r, j, lines, calls, credit;
 } pf_pos;
 
-/* per lines of c's prefetch list over `steps` calls. */
-static pf_pos pf_start(const scan_chunk *c, int steps) {
-  int lines = c->npf * c->pf_rows * ((c->pf_floats + W - 1) / W);
-  return (pf_pos){.per = steps > 0 ? (lines + steps - 1) / steps : 0};
+/* c's prefetch list over `calls` calls of pf_next. */
+static pf_pos pf_start(const scan_chunk *c, int calls) {
+  return (pf_pos){.lines = c->npf * c->pf_rows * ((c->pf_floats + W - 1) / W), .calls = calls};
 }
 
 INLINE void pf_next(const scan_chunk *c, pf_pos *q) {
-  for (int m = 0; m < q->per && q->i < c->npf; m++) {
-    const float *p = c->pf[q->i] + q->r * c->pf_rs[q->i] + q->j;
-    if (q->i < c->pf_write) __builtin_prefetch(p, 0, 2);
-    else __builtin_prefetch(p, 1, 2);
+  for (q->credit += q->lines; q->credit >= q->calls && q->i < c->npf; q->credit -= q->calls) {
+    __builtin_prefetch(c->pf[q->i] + q->r * c->pf_rs[q->i] + q->j, 0, 2);
     if ((q->j += W) >= c->pf_floats) {
       q->j = 0;
       if (++q->r == c->pf_rows) q->r = 0, q->i++;
@@ -154,50 +198,16 @@ INLINE void pf_next(const scan_chunk *c, pf_pos *q) {
   }
 }
 
-/* The register blocks FOR_BLOCKS makes of N states. */
-static int blocks_of(int N) { return N / NB + N % NB; }
+/* The register blocks FOR_BLOCKS makes of N states with blocks of nb. */
+static int blocks_of(int N, int nb) { return N / nb + N % nb; }
 
-/* dt, dt u and y = Dskip u for step t. */
-INLINE void step_in(const scan_chunk *c, const bufs *w, int t, vf *pre) {
-  vf u = ld(c->u + t * c->ps), dt = ld(c->delta + t * c->ps) + ld(c->bias);
-  *pre = dt;
-  if (c->softplus) vsoftplus(&dt);
-  st(w->dt + t * W, dt);
-  st(w->dtu + t * W, dt * u);
-  st(w->y + t * W, ld(c->Dskip) * u);
-}
-
-/* States n0 .. n0+K-1 through the chunk from c->h, adding C h into y; c->h becomes the
- * state after the chunk. With keep, each step's decay and entering state go to w->a, w->hp. */
-INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int K, bool keep) {
-  vf h[NB], a2[NB];
-#pragma GCC unroll 4
-  for (int k = 0; k < K; k++) h[k] = ld(c->h + (n0 + k) * W), a2[k] = ld(c->A2 + (n0 + k) * W);
-  for (int t = 0; t < c->L; t++) {
-    const float *bt = c->Bm + t * c->bst + n0, *ct = c->Cm + t * c->cst + n0;
-    vf dt = ld(w->dt + t * W), dtu = ld(w->dtu + t * W), y = ld(w->y + t * W);
-    pf_next(c, q);
-#pragma GCC unroll 4
-    for (int k = 0; k < K; k++) {
-      vf a = dt * a2[k];
-      vexp2(&a);
-      if (keep) st(w->a + (t * K + k) * W, a), st(w->hp + (t * K + k) * W, h[k]);
-      h[k] = a * h[k] + dtu * bt[k];
-      y += ct[k] * h[k];
-    }
-    st(w->y + t * W, y);
-  }
-#pragma GCC unroll 4
-  for (int k = 0; k < K; k++) st(c->h + (n0 + k) * W, h[k]);
-}
-
-/* Every state n0 .. n0+K-1 of N in blocks of K = NB (the last N % NB with K = 1), K a
+/* Every state n0 .. n0+K-1 of N in blocks of K = nb (the last N % nb with K = 1), K a
  * constant in body. */
-#define FOR_BLOCKS(N, n0, K, body)          \
+#define FOR_BLOCKS(N, nb, n0, K, body)      \
   do {                                      \
     int n0 = 0;                             \
-    for (; n0 + NB <= (N); n0 += NB) {      \
-      const int K = NB;                     \
+    for (; n0 + (nb) <= (N); n0 += (nb)) {  \
+      const int K = (nb);                   \
       body;                                 \
     }                                       \
     for (; n0 < (N); n0++) {                \
@@ -205,35 +215,6 @@ INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
       body;                                 \
     }                                       \
   } while (0)
-
-static void scan_fwd(const scan_chunk *c) {
-  bufs w = bufs_of(c);
-  for (int t = 0; t < c->L; t++) {
-    vf pre;
-    step_in(c, &w, t, &pre);
-  }
-  pf_pos q = pf_start(c, c->L * blocks_of(c->N));
-  FOR_BLOCKS(c->N, n0, K, block_fwd(c, &w, &q, n0, K, false));
-  for (int t = 0; t < c->L; t++) {
-    vf y = ld(w.y + t * W);
-    if (c->z) {
-      vf z = ld(c->z + t * c->ps), s = z;
-      vsigmoid(&s);
-      y *= z * s;
-    }
-    st(c->out + t * c->ps, y);
-  }
-}
-
-/* With AVX-512 the per-step dBm, dCm terms are folded in registers before they go to
- * scan_chunk.acc (fold8): one row of W floats per register block and step, 2 lanes per
- * term. Without it GCC does the 16-lane shuffles through memory, so they are added lane by
- * lane instead: a row of 2 W floats (dB's, then dC's) per state and step. */
-#ifdef __AVX512F__
-#define ACC_ROW W
-#else
-#define ACC_ROW (2 * W)
-#endif
 
 #ifdef __AVX512F__
 /* A lane permutation of the concatenation of a and b (indices 0..31), in GCC's and clang's
@@ -249,64 +230,135 @@ static void scan_fwd(const scan_chunk *c) {
 #define QUARTERS_HI 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
 #define EIGHTHS_LO 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29
 #define EIGHTHS_HI 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31
+#define LANES_LO 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define LANES_HI 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
 /* a and b folded to one vector: each lane group of one holds the pairwise sums of its
  * part of a (the first half of the lanes) or b (the second). */
 #define FOLD(a, b, PART) (SHUFFLE(a, b, PART##_LO) + SHUFFLE(a, b, PART##_HI))
-
-/* Folds 8 vectors into one, lanes 2i and 2i+1 holding partial sums of v[i]: three levels
- * of pairwise folding (halves, quarters, eighths), in one fixed order. */
-INLINE void fold8(vf *r, const vf *v) {
-  vf a0 = FOLD(v[0], v[1], HALVES), a1 = FOLD(v[2], v[3], HALVES);
-  vf a2 = FOLD(v[4], v[5], HALVES), a3 = FOLD(v[6], v[7], HALVES);
-  vf b0 = FOLD(a0, a1, QUARTERS), b1 = FOLD(a2, a3, QUARTERS);
-  *r = FOLD(b0, b1, EIGHTHS);
-}
+/* The halves of a swapped; a's first half then b's second; a's second half then b's first. */
+#define SWAP_HALVES(a) SHUFFLE(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
+#define LO_HI(a, b) SHUFFLE(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 24, 25, 26, 27, 28, 29, 30, 31)
+#define HI_LO(a, b) SHUFFLE(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)
+/* States per row of scan_chunk.acc: a block's two terms folded to one vector, halving the
+ * rows the sweep and its recomputing pass read and write back. */
+#define ACC_STATES 2
+_Static_assert(BWD_NB == ACC_STATES, "acc_add folds the two states of a block");
+#else
+/* Without AVX-512 GCC does the 16-lane shuffles through memory: one row per state. */
+#define ACC_STATES 1
 #endif
 
-/* The backward sweep of states n0 .. n0+K-1, t from L-1 down to 0, after block_fwd kept
- * their decays a[t] and entering states h[t-1]. With g = dL/dh[t] (its carried part
- * a[t+1] g[t+1] plus dy[t] C[t]):
- *   dB[t,n] += sum over lanes of g dt u,  dC[t,n] += sum over lanes of dy h[t]
- *   dA[n] += dt g a h[t-1]
- *   sgb[t] += g B[t,n],  sga[t] += A[n] g a h[t-1]   (du = dt sgb + .., d dt = u sgb + sga)
- * The dB, dC terms go to c->acc as ACC_ROW describes. */
-INLINE void block_bwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int K) {
-  vf g[NB], hn[NB], A[NB], dA[NB];
+/* The rows of c->acc per step, then the row of the dBm terms of step t holding state n; the
+ * dCm terms' rows follow all of those. */
+INLINE int acc_rows(int N) { return (N + ACC_STATES - 1) / ACC_STATES; }
+INLINE float *acc_row(const scan_chunk *c, int t, int n) {
+  return c->acc + ((int64_t)t * acc_rows(c->N) + n / ACC_STATES) * W;
+}
+#define ACC_C(c) ((int64_t)SN_SCAN_CHUNK * acc_rows((c)->N) * W)
+
+/* Adds the terms m v[k] of a block's K states to their row(s) of acc from r on. Two
+ * states fold to one row as, with ms = m's halves swapped,
+ *   [v0 lo, v1 hi] m + [v0 hi, v1 lo] ms = [v0 lo m lo + v0 hi m hi, v1 lo m lo + v1 hi m hi]:
+ * three shuffles where the products then a fold would take four and two more adds. */
+INLINE void acc_add(float *r, const vf *v, int K, const vf *m) {
+#if ACC_STATES == 2
+  vf v1 = K > 1 ? v[1] : splat(0.0f);
+  st(r, ld(r) + LO_HI(v[0], v1) * *m + HI_LO(v[0], v1) * SWAP_HALVES(*m));
+#else
 #pragma GCC unroll 4
-  for (int k = 0; k < K; k++) {
-    g[k] = ld(c->g + (n0 + k) * W), hn[k] = ld(c->h + (n0 + k) * W), A[k] = ld(c->A + (n0 + k) * W);
-    dA[k] = splat(0.0f);
-  }
-  for (int t = c->L - 1; t >= 0; t--) {
-    const float *bt = c->Bm + t * c->bst + n0, *ct = c->Cm + t * c->cst + n0;
-    vf dt = ld(w->dt + t * W), dtu = ld(w->dtu + t * W), dy = ld(w->dy + t * W), sb = {0}, sa = {0};
-    vf terms[8] = {{0}}; /* dB's for k < K, then dC's from 4 */
+  for (int k = 0; k < K; k++) st(r + k * W, ld(r + k * W) + v[k] * *m);
+#endif
+}
+
+/* Bm (which = 0) or Cm (which = 1) of state n0 + k at step t, from the block's base
+ * bc_of(c, n0) (n0 is even but in a block of one state). */
+INLINE const float *bc_of(const scan_chunk *c, int n0) { return c->bc + n0 / 2 * SN_SCAN_CHUNK * 4 + n0 % 2; }
+#define BC_AT(base, t, k, which) ((base)[((k) / 2 * SN_SCAN_CHUNK + (t)) * 4 + (which) * 2 + (k) % 2])
+
+/* dt, dt u and y = Dskip u for step t; with dsig, the softplus derivative (when softplus). */
+INLINE void step_in(const scan_chunk *c, const bufs *w, int t, vf *dsig) {
+  vf u = ld(c->u + t * c->ps), dt = ld(c->delta + t * c->ps) + ld(c->bias);
+  if (c->softplus) vsoftplus(&dt, dsig);
+  st(w->dt + t * W, dt);
+  st(w->dtu + t * W, dt * u);
+  st(w->y + t * W, ld(c->Dskip) * u);
+}
+
+/* States n0 .. n0+K-1 through the chunk from c->h, adding C h into y; c->h becomes the
+ * state after the chunk. With keep (the backward's pass, K <= BWD_NB), each step's decay a
+ * and a h[t-1] go to w->a, w->ah for block_bwd, and the dCm terms dy h[t] to c->acc. */
+INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int K, bool keep) {
+  vf h[NB_MAX], a2[NB_MAX];
+  const float *bc = bc_of(c, n0);
+#pragma GCC unroll 4
+  for (int k = 0; k < K; k++) h[k] = ld(c->h + (n0 + k) * W), a2[k] = ld(c->A2 + (n0 + k) * W);
+  for (int t = 0; t < c->L; t++) {
+    vf dt = ld(w->dt + t * W), dtu = ld(w->dtu + t * W), y = ld(w->y + t * W);
     pf_next(c, q);
 #pragma GCC unroll 4
     for (int k = 0; k < K; k++) {
-      vf a = ld(w->a + (t * K + k) * W), hp = ld(w->hp + (t * K + k) * W);
-      vf gk = g[k] + dy * ct[k], gah = gk * (a * hp);
-      terms[k] = gk * dtu;
-      terms[4 + k] = dy * hn[k];
-      sb += gk * bt[k];
+      vf a = dt * a2[k];
+      vexp2(&a);
+      vf ah = a * h[k];
+      h[k] = ah + dtu * BC_AT(bc, t, k, 0);
+      y += BC_AT(bc, t, k, 1) * h[k];
+      if (keep) st(w->a + (t * K + k) * W, a), st(w->ah + (t * K + k) * W, ah);
+    }
+    if (keep) {
+      vf dy = ld(w->dy + t * W);
+      acc_add(acc_row(c, t, n0) + ACC_C(c), h, K, &dy);
+    }
+    st(w->y + t * W, y);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < K; k++) st(c->h + (n0 + k) * W, h[k]);
+}
+
+static void scan_fwd(const scan_chunk *c) {
+  bufs w = bufs_of(c);
+  for (int t = 0; t < c->L; t++) step_in(c, &w, t, NULL);
+  pf_pos q = pf_start(c, c->L * blocks_of(c->N, FWD_NB));
+  FOR_BLOCKS(c->N, FWD_NB, n0, K, block_fwd(c, &w, &q, n0, K, false));
+  for (int t = 0; t < c->L; t++) {
+    vf y = ld(w.y + t * W);
+    if (c->z) {
+      vf z = ld(c->z + t * c->ps), s = z;
+      vsigmoid(&s);
+      y *= z * s;
+    }
+    st(c->out + t * c->ps, y);
+  }
+}
+
+/* The backward sweep of states n0 .. n0+K-1, t from L-1 down to 0, after block_fwd kept
+ * their decays a[t] and a[t] h[t-1]. With g = dL/dh[t] (its carried part a[t+1] g[t+1]
+ * plus dy[t] C[t]):
+ *   dB[t,n] += sum over lanes of g dt u    (the terms go to c->acc, take_sums adds lanes)
+ *   dA[n] += dt g a h[t-1]
+ *   sgb[t] += g B[t,n],  sga[t] += A[n] g a h[t-1]   (du = dt sgb + .., d dt = u sgb + sga) */
+INLINE void block_bwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int K) {
+  vf g[NB_MAX], A[NB_MAX], dA[NB_MAX];
+  const float *bc = bc_of(c, n0);
+#pragma GCC unroll 4
+  for (int k = 0; k < K; k++) {
+    g[k] = ld(c->g + (n0 + k) * W), A[k] = ld(c->A + (n0 + k) * W);
+    dA[k] = splat(0.0f);
+  }
+  for (int t = c->L - 1; t >= 0; t--) {
+    vf dt = ld(w->dt + t * W), dtu = ld(w->dtu + t * W), dy = ld(w->dy + t * W), sb = {0}, sa = {0};
+    vf gks[NB_MAX];
+    pf_next(c, q);
+#pragma GCC unroll 4
+    for (int k = 0; k < K; k++) {
+      vf a = ld(w->a + (t * K + k) * W), ah = ld(w->ah + (t * K + k) * W);
+      vf gk = g[k] + dy * BC_AT(bc, t, k, 1), gah = gk * ah;
+      gks[k] = gk;
+      sb += gk * BC_AT(bc, t, k, 0);
       sa += A[k] * gah;
       dA[k] += dt * gah;
       g[k] = a * gk;
-      hn[k] = hp;
     }
-#ifdef __AVX512F__
-    vf folded;
-    fold8(&folded, terms);
-    float *pa = c->acc + ((int64_t)n0 * SN_SCAN_CHUNK + t) * ACC_ROW;
-    st(pa, ld(pa) + folded);
-#else
-#pragma GCC unroll 4
-    for (int k = 0; k < K; k++) {
-      float *pa = c->acc + ((int64_t)(n0 + k) * SN_SCAN_CHUNK + t) * ACC_ROW;
-      st(pa, ld(pa) + terms[k]);
-      st(pa + W, ld(pa + W) + terms[4 + k]);
-    }
-#endif
+    acc_add(acc_row(c, t, n0), gks, K, &dtu);
     st(w->sgb + t * W, ld(w->sgb + t * W) + sb);
     st(w->sga + t * W, ld(w->sga + t * W) + sa);
   }
@@ -320,10 +372,9 @@ INLINE void block_bwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
 static void scan_bwd(const scan_chunk *c) {
   bufs w = bufs_of(c);
   for (int t = 0; t < c->L; t++) {
-    vf pre, dy = ld(c->dout + t * c->ps);
-    step_in(c, &w, t, &pre);
-    if (c->softplus) vsigmoid(&pre);
-    st(w.dsig + t * W, c->softplus ? pre : splat(1.0f));
+    vf dsig = splat(1.0f), dy = ld(c->dout + t * c->ps);
+    step_in(c, &w, t, &dsig);
+    st(w.dsig + t * W, dsig);
     if (c->z) {
       vf z = ld(c->z + t * c->ps), s = z;
       vsigmoid(&s);
@@ -334,8 +385,8 @@ static void scan_bwd(const scan_chunk *c) {
     st(w.sgb + t * W, splat(0.0f));
     st(w.sga + t * W, splat(0.0f));
   }
-  pf_pos q = pf_start(c, 2 * c->L * blocks_of(c->N));
-  FOR_BLOCKS(c->N, n0, K, {
+  pf_pos q = pf_start(c, 2 * c->L * blocks_of(c->N, BWD_NB));
+  FOR_BLOCKS(c->N, BWD_NB, n0, K, {
     block_fwd(c, &w, &q, n0, K, true);
     block_bwd(c, &w, &q, n0, K);
   });
@@ -357,30 +408,113 @@ static void scan_bwd(const scan_chunk *c) {
   st(c->dbias, ld(c->dbias) + dbias);
 }
 
-/* dB[t][n], dC[t][n] (rows ld floats apart) = the lane sums of block_bwd's rows of acc,
- * for t < L; the rows are zeroed for the next chunk. */
+/* dB[t][n], dC[t][n] (rows ld floats apart) = the lane sums of acc's rows, for t < L; the
+ * rows are zeroed for the next chunk. Always in the same order. */
 static void take_sums(float *dB, float *dC, int64_t ld, float *acc, int L, int N) {
-#ifdef __AVX512F__
-  for (int n0 = 0, K; n0 < N; n0 += K) { /* the blocks of FOR_BLOCKS */
-    K = n0 + NB <= N ? NB : 1;
+  int R = acc_rows(N);
+  for (int part = 0; part < 2; part++) {
+    float *out = part ? dC : dB, *rows = acc + part * (int64_t)SN_SCAN_CHUNK * R * W;
     for (int t = 0; t < L; t++) {
-      float *r = acc + ((int64_t)n0 * SN_SCAN_CHUNK + t) * ACC_ROW;
-      for (int k = 0; k < K; k++) {
-        dB[t * ld + n0 + k] = r[2 * k] + r[2 * k + 1];
-        dC[t * ld + n0 + k] = r[8 + 2 * k] + r[8 + 2 * k + 1];
+      float *r = rows + (int64_t)t * R * W;
+#if ACC_STATES == 2
+      /* Eight rows hold 16 states' sums over 8 lanes each: three more levels of folding. */
+      for (int n0 = 0; n0 < N; n0 += W) {
+        int m = N - n0 < W ? N - n0 : W;
+        vf v[8], b[4], c[2];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+          float *ri = r + (n0 / 2 + i) * W;
+          v[i] = splat(0.0f);
+          if (2 * i < m) v[i] = ld(ri), st(ri, splat(0.0f));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) b[i] = FOLD(v[2 * i], v[2 * i + 1], QUARTERS);
+        c[0] = FOLD(b[0], b[1], EIGHTHS), c[1] = FOLD(b[2], b[3], EIGHTHS);
+        _mm512_mask_storeu_ps(out + t * ld + n0, (__mmask16)((1u << m) - 1), (__m512)FOLD(c[0], c[1], LANES));
       }
-      memset(r, 0, ACC_ROW * sizeof(float));
+#else
+      for (int n = 0; n < N; n++) {
+        float s = 0;
+        for (int l = 0; l < W; l++) s += r[n * W + l];
+        out[t * ld + n] = s;
+      }
+      memset(r, 0, (size_t)R * W * sizeof(float));
+#endif
     }
   }
-#else
-  for (int n = 0; n < N; n++)
-    for (int t = 0; t < L; t++) {
-      float *r = acc + ((int64_t)n * SN_SCAN_CHUNK + t) * ACC_ROW, sb = 0, sc = 0;
-      for (int l = 0; l < W; l++) sb += r[l], sc += r[W + l];
-      dB[t * ld + n] = sb, dC[t * ld + n] = sc;
-      memset(r, 0, ACC_ROW * sizeof(float));
-    }
+}
+
+static void unpack(float *dst, int64_t rs, const float *src, int64_t ss, int L, int n) {
+  for (int t = 0; t < L; t++) {
+    float *d = dst + t * rs;
+    const float *s = src + t * ss;
+    int j = 0;
+#ifdef __AVX512F__
+    if ((uintptr_t)d % 64 == 0)
+      for (; j + W <= n; j += W) _mm512_stream_ps(d + j, (__m512)ld(s + j));
 #endif
+    memcpy(d + j, s + j, (size_t)(n - j) * sizeof(float));
+  }
+#ifdef __AVX512F__
+  _mm_sfence(); /* streaming stores are weakly ordered: done before the caller goes on */
+#endif
+}
+
+#ifdef __AVX512F__
+/* Stage m of a 16 x 16 transpose: rows i and i + m swap their off-diagonal m x m blocks. */
+#define T8_LO HALVES_LO
+#define T8_HI HALVES_HI
+#define T4_LO 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define T4_HI 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define T2_LO 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define T2_HI 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define T1_LO 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define T1_HI 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define T_STAGE(r, m)                                      \
+  _Pragma("GCC unroll 16") for (int i = 0; i < W; i++)     \
+    if (!(i & (m))) {                                      \
+      vf a = r[i], b = r[i + (m)];                         \
+      r[i] = SHUFFLE(a, b, T##m##_LO);                     \
+      r[i + (m)] = SHUFFLE(a, b, T##m##_HI);               \
+    }
+
+/* r[j][i] = r[i][j]: the 8 x 8 blocks swapped across the diagonal, then the 4 x 4 blocks
+ * within them, and so on: 64 shuffles. */
+INLINE void transpose16(vf *r) {
+  T_STAGE(r, 8) T_STAGE(r, 4) T_STAGE(r, 2) T_STAGE(r, 1)
+}
+#endif
+
+static void load_state(float *h, const float *src, int64_t sd, int N, int dn) {
+  int n = 0;
+#ifdef __AVX512F__
+  for (; dn == W && n + W <= N; n += W) {
+    vf r[W];
+#pragma GCC unroll 16
+    for (int l = 0; l < W; l++) r[l] = ld(src + l * sd + n);
+    transpose16(r);
+#pragma GCC unroll 16
+    for (int i = 0; i < W; i++) st(h + (n + i) * W, r[i]);
+  }
+#endif
+  for (; n < N; n++)
+    for (int l = 0; l < W; l++) h[n * W + l] = l < dn ? src[l * sd + n] : 0;
+}
+
+static void store_state(float *dst, const float *h, int N, int dn) {
+  int n = 0;
+#ifdef __AVX512F__
+  for (; dn == W && n + W <= N; n += W) {
+    vf r[W];
+#pragma GCC unroll 16
+    for (int i = 0; i < W; i++) r[i] = ld(h + (n + i) * W);
+    transpose16(r);
+#pragma GCC unroll 16
+    for (int l = 0; l < W; l++) st(dst + l * N + n, r[l]);
+  }
+#endif
+  for (; n < N; n++)
+    for (int l = 0; l < dn; l++) dst[l * N + n] = h[n * W + l];
 }
 
 const sn_scan_ops SCAN_TABLE = {
@@ -388,4 +522,7 @@ const sn_scan_ops SCAN_TABLE = {
     .fwd = scan_fwd,
     .bwd = scan_bwd,
     .take_sums = take_sums,
+    .unpack = unpack,
+    .load_state = load_state,
+    .store_state = store_state,
 };
