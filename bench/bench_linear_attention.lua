@@ -9,43 +9,13 @@
 --   make bench    (runs it after bench_mamba.lua, with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
 local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "util.lua")
-local row, median = util.row, util.median
-
-local now = sn.clock
-
--- Median seconds of fn() over `samples` runs after one warm-up.
-local function time(fn, samples)
-  fn()
-  local t = {}
-  for i = 1, samples do
-    local t0 = now()
-    fn()
-    t[i] = now() - t0
-  end
-  return median(t)
-end
-
--- The peer's measurements: name -> value (ms, or us per token), or nil and why it skipped.
-local function peer()
-  local pipe = io.popen("sh bench/peers/run_linear_attention.sh 2>&1")
-  local values, version, last = {}, nil, nil
-  for line in pipe:lines() do
-    last = line
-    version = version or line:match("^(torch %S+)")
-    local name, value = line:match("^([%w_]+_ms) (%S+)")
-    if not name then name, value = line:match("^([%w_]+_us_per_token) (%S+)") end
-    if name then values[name] = tonumber(value) end
-  end
-  pipe:close()
-  if next(values) == nil then return nil, last or "skip: no output from run_linear_attention.sh" end
-  return values, version or "torch"
-end
+local row, time = util.row, util.time
 
 util.banner("bench_linear_attention.lua")
 print("# x_ref: PyTorch's time / seqnn's (above 1: seqnn is faster)")
 util.header()
 
-local torch, torch_name = peer()
+local torch, torch_name = util.peer("sh bench/peers/run_linear_attention.sh")
 local function vs(name, value, unit)
   local theirs = torch and torch[name]
   if not theirs then return nil, torch and (name .. " not reported by the peer") or torch_name end

@@ -15,42 +15,13 @@
 --   make bench    (runs it after bench_gpt.lua, with LUA_PATH/LUA_CPATH set to this checkout)
 local sn = require "seqnn"
 local util = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "util.lua")
-local row, median = util.row, util.median
-
-local now = sn.clock
-
--- Median seconds of fn() over `samples` runs after one warm-up.
-local function time(fn, samples)
-  fn()
-  local t = {}
-  for i = 1, samples do
-    local t0 = now()
-    fn()
-    t[i] = now() - t0
-  end
-  return median(t)
-end
-
--- The peer's measurements: name -> milliseconds, or nil and the reason it was skipped.
-local function peer()
-  local pipe = io.popen("sh bench/peers/run_scan.sh parallel ref block 2>&1")
-  local ms, version, last = {}, nil, nil
-  for line in pipe:lines() do
-    last = line
-    version = version or line:match("^(torch %S+)")
-    local name, value = line:match("^(%S+_ms) (%S+)")
-    if name then ms[name] = tonumber(value) end
-  end
-  pipe:close()
-  if next(ms) == nil then return nil, last or "skip: no output from run_scan.sh" end
-  return ms, version or "torch"
-end
+local row, time = util.row, util.time
 
 util.banner("bench_mamba.lua")
 print("# x_ref: PyTorch's time / seqnn's (above 1: seqnn is faster); decode rows: ms per token")
 util.header()
 
-local torch, torch_name = peer()
+local torch, torch_name = util.peer("sh bench/peers/run_scan.sh parallel ref block")
 local function vs(name, seconds)
   local ms = torch and torch[name]
   if not ms then return nil, torch and (name .. " not reported by the peer") or torch_name end

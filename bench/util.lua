@@ -1,5 +1,6 @@
 -- bench/util.lua -- what the Lua benchmarks share: the table row of bench/bench_core.c
--- (same columns, see bench/README.md) and the median of timing samples.
+-- (same columns, see bench/README.md), the median of timing samples, timing a function,
+-- and reading a PyTorch peer's measurements.
 local sn = require "seqnn"
 
 local util = {}
@@ -29,6 +30,36 @@ end
 function util.median(t)
   table.sort(t)
   return t[(#t + 1) // 2]
+end
+
+-- Median seconds of fn() over `samples` runs after one warm-up.
+function util.time(fn, samples)
+  fn()
+  local t = {}
+  for i = 1, samples do
+    local t0 = sn.clock()
+    fn()
+    t[i] = sn.clock() - t0
+  end
+  return util.median(t)
+end
+
+-- Runs a peer script (`sh bench/peers/run_*.sh ...`) and returns its measurements, the lines
+-- `name value ...` whose name ends in _ms or _us_per_token, as name -> number, and the torch
+-- version line; or nil and the reason it was skipped (its last line).
+function util.peer(command)
+  local pipe = io.popen(command .. " 2>&1")
+  local values, version, last = {}, nil, nil
+  for line in pipe:lines() do
+    last = line
+    version = version or line:match("^(torch %S+)")
+    local name, value = line:match("^([%w_]+_ms) (%S+)")
+    if not name then name, value = line:match("^([%w_]+_us_per_token) (%S+)") end
+    if name then values[name] = tonumber(value) end
+  end
+  pipe:close()
+  if next(values) == nil then return nil, last or ("skip: no output from " .. command) end
+  return values, version or "torch"
 end
 
 return util

@@ -127,21 +127,6 @@ typedef struct {
   ref_grads rg;
 } fixture;
 
-static sn_tensor make(int nd, const int64_t *size, uint32_t seed, double scale, double shift) {
-  sn_tensor t = tu_empty(&ctx, SN_F32, nd, size);
-  tu_fill_f32(&t, seed);
-  for (int64_t i = 0; i < sn_numel(&t); i++) sn_f32(&t)[i] = (float)(sn_f32(&t)[i] * scale + shift);
-  return t;
-}
-
-static double *to_double(const sn_tensor *t) {
-  if (!t->storage) return NULL;
-  double *d = malloc(sizeof(double) * (size_t)(sn_numel(t) ? sn_numel(t) : 1));
-  for (int64_t i = 0; i < sn_numel(t); i++) d[i] = tu_get(t, i);
-  return d;
-}
-
-static double *dalloc(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(double)); }
 
 /* Inputs for c: decays exp(dt A) in (0, 1) (A in [-2, -0.1], dt > 0 in both modes), a few
  * deltas of 25 (past the softplus threshold), gates z in [-2, 2]. */
@@ -149,18 +134,18 @@ static void fixture_inputs(fixture *f, const cfg *c) {
   memset(f, 0, sizeof *f);
   f->c = *c;
   int64_t btd[] = {c->B, c->T, c->D}, btn[] = {c->B, c->T, c->N}, bdn[] = {c->B, c->D, c->N};
-  f->u = make(3, btd, 1, 1, 0);
-  f->delta = c->softplus ? make(3, btd, 2, 3, -2) : make(3, btd, 2, 0.25, 0.25);
+  f->u = tu_make(&ctx, 3, btd, 1, 1, 0);
+  f->delta = c->softplus ? tu_make(&ctx, 3, btd, 2, 3, -2) : tu_make(&ctx, 3, btd, 2, 0.25, 0.25);
   for (int64_t i = 5; i < sn_numel(&f->delta); i += 97) sn_f32(&f->delta)[i] = 25;
-  f->A = make(2, (int64_t[]){c->D, c->N}, 3, 0.95, -1.05);
-  f->Bm = make(3, btn, 4, 1, 0);
-  f->Cm = make(3, btn, 5, 1, 0);
-  f->dout = make(3, btd, 6, 1, 0);
-  if (c->Ds) f->Ds = make(1, &c->D, 7, 1, 0), f->opts.Dskip = &f->Ds;
-  if (c->z) f->z = make(3, btd, 8, 2, 0), f->opts.z = &f->z;
-  if (c->bias) f->bias = make(1, &c->D, 9, 0.1, 0.1), f->opts.delta_bias = &f->bias;
-  if (c->h0) f->h0 = make(3, bdn, 10, 1, 0), f->opts.initial_state = &f->h0;
-  if (c->dfinal) f->dfinal = make(3, bdn, 11, 1, 0);
+  f->A = tu_make(&ctx, 2, (int64_t[]){c->D, c->N}, 3, 0.95, -1.05);
+  f->Bm = tu_make(&ctx, 3, btn, 4, 1, 0);
+  f->Cm = tu_make(&ctx, 3, btn, 5, 1, 0);
+  f->dout = tu_make(&ctx, 3, btd, 6, 1, 0);
+  if (c->Ds) f->Ds = tu_make(&ctx, 1, &c->D, 7, 1, 0), f->opts.Dskip = &f->Ds;
+  if (c->z) f->z = tu_make(&ctx, 3, btd, 8, 2, 0), f->opts.z = &f->z;
+  if (c->bias) f->bias = tu_make(&ctx, 1, &c->D, 9, 0.1, 0.1), f->opts.delta_bias = &f->bias;
+  if (c->h0) f->h0 = tu_make(&ctx, 3, bdn, 10, 1, 0), f->opts.initial_state = &f->h0;
+  if (c->dfinal) f->dfinal = tu_make(&ctx, 3, bdn, 11, 1, 0);
   f->opts.delta_softplus = c->softplus;
 }
 
@@ -192,16 +177,16 @@ static void fixture_run(fixture *f, bool bwd) {
 static void fixture_reference(fixture *f, bool bwd) {
   const cfg *c = &f->c;
   int64_t B = c->B, T = c->T, D = c->D, N = c->N;
-  double *in[] = {to_double(&f->u), to_double(&f->delta), to_double(&f->A), to_double(&f->Bm), to_double(&f->Cm),
-                  to_double(&f->Ds), to_double(&f->z), to_double(&f->bias), to_double(&f->h0)};
+  double *in[] = {tu_to_double(&f->u), tu_to_double(&f->delta), tu_to_double(&f->A), tu_to_double(&f->Bm), tu_to_double(&f->Cm),
+                  tu_to_double(&f->Ds), tu_to_double(&f->z), tu_to_double(&f->bias), tu_to_double(&f->h0)};
   ref_in r = {B, T, D, N, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8], c->softplus};
-  f->rout = dalloc(B * T * D);
-  f->hs = dalloc(B * (T + 1) * D * N);
+  f->rout = tu_dalloc(B * T * D);
+  f->hs = tu_dalloc(B * (T + 1) * D * N);
   ref_fwd(&r, f->rout, f->hs);
   if (bwd) {
-    double *dout = to_double(&f->dout), *dfinal = to_double(&f->dfinal);
-    f->rg = (ref_grads){dalloc(B * T * D), dalloc(B * T * D), dalloc(D * N), dalloc(B * T * N), dalloc(B * T * N),
-                        dalloc(D), dalloc(D), dalloc(B * T * D), dalloc(B * D * N)};
+    double *dout = tu_to_double(&f->dout), *dfinal = tu_to_double(&f->dfinal);
+    f->rg = (ref_grads){tu_dalloc(B * T * D), tu_dalloc(B * T * D), tu_dalloc(D * N), tu_dalloc(B * T * N), tu_dalloc(B * T * N),
+                        tu_dalloc(D), tu_dalloc(D), tu_dalloc(B * T * D), tu_dalloc(B * D * N)};
     ref_bwd(&r, f->hs, dout, dfinal, &f->rg);
     free(dout), free(dfinal);
   }
@@ -222,7 +207,7 @@ static void fixture_free(fixture *f) {
 static double *ref_chunk_states(const fixture *f) {
   const cfg *c = &f->c;
   int64_t nc = (c->T + SN_SCAN_CHUNK - 1) / SN_SCAN_CHUNK, DN = c->D * c->N;
-  double *r = dalloc(c->B * nc * DN);
+  double *r = tu_dalloc(c->B * nc * DN);
   for (int64_t b = 0; b < c->B; b++)
     for (int64_t k = 0; k < nc; k++)
       memcpy(r + (b * nc + k) * DN, f->hs + (b * (c->T + 1) + k * SN_SCAN_CHUNK) * DN, sizeof(double) * (size_t)DN);
@@ -232,7 +217,7 @@ static double *ref_chunk_states(const fixture *f) {
 static double *ref_final_state(const fixture *f) {
   const cfg *c = &f->c;
   int64_t DN = c->D * c->N;
-  double *r = dalloc(c->B * DN);
+  double *r = tu_dalloc(c->B * DN);
   for (int64_t b = 0; b < c->B; b++)
     memcpy(r + b * DN, f->hs + (b * (c->T + 1) + c->T) * DN, sizeof(double) * (size_t)DN);
   return r;
@@ -374,8 +359,8 @@ Test(selective_scan, strided_views_equal_contiguous_copies) {
   fixture f, v;
   fixture_inputs(&f, &c);
   fixture_inputs(&v, &c);
-  sn_tensor xz = make(3, (int64_t[]){B, T, 3 * D}, 21, 1, 0), xdbl = make(3, (int64_t[]){B, T, r + 2 * N}, 22, 1, 0);
-  sn_tensor gall = make(3, (int64_t[]){B, T, 2 * D}, 23, 1, 0), hall = make(3, (int64_t[]){B, 2 * D, N}, 24, 1, 0);
+  sn_tensor xz = tu_make(&ctx, 3, (int64_t[]){B, T, 3 * D}, 21, 1, 0), xdbl = tu_make(&ctx, 3, (int64_t[]){B, T, r + 2 * N}, 22, 1, 0);
+  sn_tensor gall = tu_make(&ctx, 3, (int64_t[]){B, T, 2 * D}, 23, 1, 0), hall = tu_make(&ctx, 3, (int64_t[]){B, 2 * D, N}, 24, 1, 0);
   sn_tensor *dst[] = {&v.u, &v.delta, &v.z, &v.Bm, &v.Cm, &v.dout, &v.dfinal};
   sn_tensor *src[] = {&xz, &xz, &xz, &xdbl, &xdbl, &gall, &hall};
   int64_t start[] = {0, D, 2 * D, r, r + N, D, D}, len[] = {D, D, D, N, N, D, D};

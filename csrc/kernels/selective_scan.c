@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/check.h"
 #include "seqnn.h"
 #include "simd/scan.h"
 #include "simd/vec.h"
@@ -70,68 +71,16 @@ typedef struct {
 
 /* ---- validation ------------------------------------------------------------------------ */
 
-/* "2x16x32" for the n sizes; a negative size prints as "?". */
-static char *dims_str(char *buf, size_t len, int n, const int64_t *size) {
-  size_t at = 0;
-  buf[0] = 0;
-  for (int i = 0; i < n && at < len; i++)
-    at += (size_t)(size[i] < 0 ? snprintf(buf + at, len - at, "%s?", i ? "x" : "")
-                               : snprintf(buf + at, len - at, "%s%lld", i ? "x" : "", (long long)size[i]));
-  return buf;
-}
-
-/* An input: f32 with nd dims of sizes want (negative: any) and unit stride on the last
- * dim. layout names the dims for the message ("(batch, T, D)"). */
-static sn_status need_in(sn_ctx *ctx, const char *name, const sn_tensor *t, const char *layout, int nd,
-                         const int64_t *want) {
-  char a[160], b[160];
-  if (t->dtype != SN_F32)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must be f32, got %s (%s)", FN, name, sn_dtype_name(t->dtype),
-                   sn_shape_str(t, a, sizeof a));
-  bool ok = t->ndim == nd, known = false;
-  for (int i = 0; i < nd; i++) {
-    known = known || want[i] >= 0;
-    ok = ok && (want[i] < 0 || t->size[i] == want[i]);
-  }
-  if (!ok && known)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must be %s = %s, got %s", FN, name, layout, dims_str(b, sizeof b, nd, want),
-                   sn_shape_str(t, a, sizeof a));
-  if (!ok) return sn_fail(ctx, SN_EINVAL, "%s: %s must be %s, got %s", FN, name, layout, sn_shape_str(t, a, sizeof a));
-  if (t->size[nd - 1] > 1 && t->stride[nd - 1] != 1)
-    return sn_fail(ctx, SN_EINVAL, "%s: %s must have unit stride on its last dim, got stride %lld (%s)", FN, name,
-                   (long long)t->stride[nd - 1], sn_shape_str(t, a, sizeof a));
-  return SN_OK;
-}
-
-/* An optional input: NULL, or as need_in. */
-static sn_status need_opt(sn_ctx *ctx, const char *name, const sn_tensor *t, const char *layout, int nd,
-                          const int64_t *want) {
-  return t ? need_in(ctx, name, t, layout, nd, want) : SN_OK;
-}
-
-/* An output: NULL (callers check the required ones), or a contiguous f32 tensor of nd dims
- * of sizes want. */
-static sn_status need_out(sn_ctx *ctx, const char *name, const sn_tensor *t, int nd, const int64_t *want) {
-  char a[160], b[160];
-  if (!t) return SN_OK;
-  bool ok = t->dtype == SN_F32 && t->ndim == nd && sn_is_contiguous(t);
-  for (int i = 0; ok && i < nd; i++) ok = t->size[i] == want[i];
-  if (ok) return SN_OK;
-  return sn_fail(ctx, SN_EINVAL, "%s: %s must be a contiguous f32 tensor of shape %s, got %s %s%s", FN, name,
-                 dims_str(b, sizeof b, nd, want), sn_dtype_name(t->dtype), sn_shape_str(t, a, sizeof a),
-                 t->ndim == nd && !sn_is_contiguous(t) ? " (not contiguous)" : "");
-}
-
 /* The per-channel and per-state inputs shared by the sequence kernels and the step: A
  * (D, N) and opts; fills P's D-, N- and opts-derived fields. */
 static sn_status check_params(sn_ctx *ctx, problem *P, const sn_tensor *A, const sn_scan_opts *opts) {
   char a[160];
   if (!opts) return sn_fail(ctx, SN_EINVAL, "%s: opts must not be NULL", FN);
-  sn_status st = need_in(ctx, "A", A, "(D, N)", 2, (int64_t[]){P->D, -1});
+  sn_status st = check_in(ctx, FN, "A", A, "(D, N)", 2, (int64_t[]){P->D, -1});
   if (st != SN_OK) return st;
   if (A->size[1] < 1) return sn_fail(ctx, SN_EINVAL, "%s: A must have N >= 1 states, got %s", FN, sn_shape_str(A, a, sizeof a));
-  st = need_opt(ctx, "Dskip", opts->Dskip, "(D)", 1, &P->D);
-  if (st == SN_OK) st = need_opt(ctx, "delta_bias", opts->delta_bias, "(D)", 1, &P->D);
+  st = check_opt(ctx, FN, "Dskip", opts->Dskip, "(D)", 1, &P->D);
+  if (st == SN_OK) st = check_opt(ctx, FN, "delta_bias", opts->delta_bias, "(D)", 1, &P->D);
   if (st != SN_OK) return st;
   P->N = A->size[1];
   P->tiles = (P->D + W - 1) / W;
@@ -145,17 +94,17 @@ static sn_status check_params(sn_ctx *ctx, problem *P, const sn_tensor *A, const
 /* u, delta (B,T,D), A (D,N), Bm, Cm (B,T,N) and opts of the sequence kernels. */
 static sn_status check_inputs(sn_ctx *ctx, problem *P, const sn_tensor *u, const sn_tensor *delta, const sn_tensor *A,
                               const sn_tensor *Bm, const sn_tensor *Cm, const sn_scan_opts *opts) {
-  sn_status st = need_in(ctx, "u", u, "(batch, T, D)", 3, (int64_t[]){-1, -1, -1});
+  sn_status st = check_in(ctx, FN, "u", u, "(batch, T, D)", 3, (int64_t[]){-1, -1, -1});
   if (st != SN_OK) return st;
   *P = (problem){.B = u->size[0], .T = u->size[1], .D = u->size[2]};
-  st = need_in(ctx, "delta", delta, "(batch, T, D) like u", 3, u->size);
+  st = check_in(ctx, FN, "delta", delta, "(batch, T, D) like u", 3, u->size);
   if (st == SN_OK) st = check_params(ctx, P, A, opts);
   if (st != SN_OK) return st;
   int64_t btn[] = {P->B, P->T, P->N}, bdn[] = {P->B, P->D, P->N};
-  st = need_in(ctx, "B", Bm, "(batch, T, N)", 3, btn);
-  if (st == SN_OK) st = need_in(ctx, "C", Cm, "(batch, T, N)", 3, btn);
-  if (st == SN_OK) st = need_opt(ctx, "z", opts->z, "(batch, T, D) like u", 3, u->size);
-  if (st == SN_OK) st = need_opt(ctx, "initial_state", opts->initial_state, "(batch, D, N)", 3, bdn);
+  st = check_in(ctx, FN, "B", Bm, "(batch, T, N)", 3, btn);
+  if (st == SN_OK) st = check_in(ctx, FN, "C", Cm, "(batch, T, N)", 3, btn);
+  if (st == SN_OK) st = check_opt(ctx, FN, "z", opts->z, "(batch, T, D) like u", 3, u->size);
+  if (st == SN_OK) st = check_opt(ctx, FN, "initial_state", opts->initial_state, "(batch, D, N)", 3, bdn);
   if (st != SN_OK) return st;
   P->chunks = (P->T + CH - 1) / CH;
   P->u = view_of(u), P->delta = view_of(delta), P->z = view_of(opts->z);
@@ -308,9 +257,9 @@ sn_status sn_selective_scan_fwd(sn_ctx *ctx, sn_tensor *out, sn_tensor *final_st
   sn_status st = check_inputs(ctx, &P, u, delta, A, Bm, Cm, opts);
   if (st != SN_OK) return st;
   if (!out) return sn_fail(ctx, SN_EINVAL, "%s: out must not be NULL", FN);
-  st = need_out(ctx, "out", out, 3, (int64_t[]){P.B, P.T, P.D});
-  if (st == SN_OK) st = need_out(ctx, "final_state", final_state, 3, (int64_t[]){P.B, P.D, P.N});
-  if (st == SN_OK) st = need_out(ctx, "chunk_states", chunk_states, 4, (int64_t[]){P.B, P.chunks, P.D, P.N});
+  st = check_out(ctx, FN, "out", out, true, 3, (int64_t[]){P.B, P.T, P.D});
+  if (st == SN_OK) st = check_out(ctx, FN, "final_state", final_state, true, 3, (int64_t[]){P.B, P.D, P.N});
+  if (st == SN_OK) st = check_out(ctx, FN, "chunk_states", chunk_states, true, 4, (int64_t[]){P.B, P.chunks, P.D, P.N});
   if (st != SN_OK) return st;
   int nt = omp_get_max_threads();
   int64_t per = fwd_floats(&P), slices = (P.tiles + SLICE_TILES - 1) / SLICE_TILES, items = P.B * slices;
@@ -422,18 +371,18 @@ sn_status sn_selective_scan_bwd(sn_ctx *ctx, sn_tensor *du, sn_tensor *ddelta, s
   if (!chunk_states) return sn_fail(ctx, SN_EINVAL, "%s: chunk_states (saved by fwd) must not be NULL", FN);
   if (!du || !ddelta || !dA || !dBm || !dCm)
     return sn_fail(ctx, SN_EINVAL, "%s: du, ddelta, dA, dB and dC must not be NULL", FN);
-  st = need_in(ctx, "grad_output", dout, "(batch, T, D) like u", 3, btd);
-  if (st == SN_OK) st = need_opt(ctx, "grad_final_state", dfinal, "(batch, D, N)", 3, bdn);
-  if (st == SN_OK) st = need_out(ctx, "chunk_states", chunk_states, 4, (int64_t[]){P.B, P.chunks, P.D, P.N});
-  if (st == SN_OK) st = need_out(ctx, "du", du, 3, btd);
-  if (st == SN_OK) st = need_out(ctx, "ddelta", ddelta, 3, btd);
-  if (st == SN_OK) st = need_out(ctx, "dA", dA, 2, (int64_t[]){P.D, P.N});
-  if (st == SN_OK) st = need_out(ctx, "dB", dBm, 3, btn);
-  if (st == SN_OK) st = need_out(ctx, "dC", dCm, 3, btn);
-  if (st == SN_OK) st = need_out(ctx, "dDskip", dDskip, 1, &P.D);
-  if (st == SN_OK) st = need_out(ctx, "ddelta_bias", ddelta_bias, 1, &P.D);
-  if (st == SN_OK) st = need_out(ctx, "dz", dz, 3, btd);
-  if (st == SN_OK) st = need_out(ctx, "dh0", dh0, 3, bdn);
+  st = check_in(ctx, FN, "grad_output", dout, "(batch, T, D) like u", 3, btd);
+  if (st == SN_OK) st = check_opt(ctx, FN, "grad_final_state", dfinal, "(batch, D, N)", 3, bdn);
+  if (st == SN_OK) st = check_out(ctx, FN, "chunk_states", chunk_states, true, 4, (int64_t[]){P.B, P.chunks, P.D, P.N});
+  if (st == SN_OK) st = check_out(ctx, FN, "du", du, true, 3, btd);
+  if (st == SN_OK) st = check_out(ctx, FN, "ddelta", ddelta, true, 3, btd);
+  if (st == SN_OK) st = check_out(ctx, FN, "dA", dA, true, 2, (int64_t[]){P.D, P.N});
+  if (st == SN_OK) st = check_out(ctx, FN, "dB", dBm, true, 3, btn);
+  if (st == SN_OK) st = check_out(ctx, FN, "dC", dCm, true, 3, btn);
+  if (st == SN_OK) st = check_out(ctx, FN, "dDskip", dDskip, true, 1, &P.D);
+  if (st == SN_OK) st = check_out(ctx, FN, "ddelta_bias", ddelta_bias, true, 1, &P.D);
+  if (st == SN_OK) st = check_out(ctx, FN, "dz", dz, true, 3, btd);
+  if (st == SN_OK) st = check_out(ctx, FN, "dh0", dh0, true, 3, bdn);
   if (st != SN_OK) return st;
   int nt = omp_get_max_threads();
   int64_t slices = (P.tiles + SLICE_TILES - 1) / SLICE_TILES, per = bwd_floats(&P);
@@ -492,20 +441,20 @@ sn_status sn_selective_scan_bwd(sn_ctx *ctx, sn_tensor *du, sn_tensor *ddelta, s
 sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, const sn_tensor *u,
                                  const sn_tensor *delta, const sn_tensor *A, const sn_tensor *Bm,
                                  const sn_tensor *Cm, const sn_scan_opts *opts) {
-  sn_status st = need_in(ctx, "u", u, "(batch, D)", 2, (int64_t[]){-1, -1});
+  sn_status st = check_in(ctx, FN, "u", u, "(batch, D)", 2, (int64_t[]){-1, -1});
   if (st != SN_OK) return st;
   problem P = {.B = u->size[0], .T = 1, .D = u->size[1]};
-  st = need_in(ctx, "delta", delta, "(batch, D) like u", 2, u->size);
+  st = check_in(ctx, FN, "delta", delta, "(batch, D) like u", 2, u->size);
   if (st == SN_OK) st = check_params(ctx, &P, A, opts);
   if (st != SN_OK) return st;
   int64_t bn[] = {P.B, P.N};
-  st = need_in(ctx, "B", Bm, "(batch, N)", 2, bn);
-  if (st == SN_OK) st = need_in(ctx, "C", Cm, "(batch, N)", 2, bn);
-  if (st == SN_OK) st = need_opt(ctx, "z", opts->z, "(batch, D) like u", 2, u->size);
+  st = check_in(ctx, FN, "B", Bm, "(batch, N)", 2, bn);
+  if (st == SN_OK) st = check_in(ctx, FN, "C", Cm, "(batch, N)", 2, bn);
+  if (st == SN_OK) st = check_opt(ctx, FN, "z", opts->z, "(batch, D) like u", 2, u->size);
   if (st != SN_OK) return st;
   if (!state || !out) return sn_fail(ctx, SN_EINVAL, "%s: state and out must not be NULL", FN);
-  st = need_out(ctx, "state", state, 3, (int64_t[]){P.B, P.D, P.N});
-  if (st == SN_OK) st = need_out(ctx, "out", out, 2, u->size);
+  st = check_out(ctx, FN, "state", state, true, 3, (int64_t[]){P.B, P.D, P.N});
+  if (st == SN_OK) st = check_out(ctx, FN, "out", out, true, 2, u->size);
   if (st != SN_OK) return st;
   P.u = view_of(u), P.delta = view_of(delta), P.z = view_of(opts->z), P.Bm = view_of(Bm), P.Cm = view_of(Cm);
   int nt = omp_get_max_threads();
