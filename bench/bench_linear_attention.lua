@@ -37,7 +37,10 @@ local function measure(kind, T, samples)
   local gate = kind == "delta" and leaf(sn.rand(B, T, H)) or leaf(sn.F.logsigmoid(sn.randn(B, T, H, D)) / 16)
   local g = sn.randn(B, T, H, D)
   local fn = kind == "delta" and sn.F.delta_rule or sn.F.gated_linear_attention
-  local s = time(function() fn(q, k, v, gate):backward(g) end, samples)
+  local s = time(function()
+    q.grad, k.grad, v.grad, gate.grad = nil, nil, nil, nil -- as the peer: each step's gradients afresh
+    fn(q, k, v, gate):backward(g)
+  end, samples)
   collectgarbage()
   return s
 end
