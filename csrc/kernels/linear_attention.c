@@ -25,9 +25,9 @@
  *   none / per head: A = (Q K^T) o M with M_rc = exp(Gamma_r - Gamma_c) (1 without gates),
  *     each exponent a difference of cumulative sums in double; dA is masked alike, then
  *     dQ += dA K and dK += dA^T Q are plain products.
- *   per key dim, when the chunk's spread allows (FACTOR_SPREAD): the same products with
- *     Q o exp(Gamma - Gamma_m) and K o exp(Gamma_m - Gamma) for the middle row m, factors
- *     within e^(+-32) whose products keep a dot product's rounding.
+ *   per key dim, when the chunk's decay allows (FACTOR_SPREAD): the same products with
+ *     Q o E and K o exp(-Gamma), factors within e^(+-32) whose products keep a dot
+ *     product's rounding (Q o E is also the inter-chunk term's, computed once).
  *   per key dim, stronger gates: exp(-Gamma) alone would overflow, so rows go in sub-chunks
  *     of SUB = 16. For sub-chunk I at rows rho.., the pairs with earlier columns are one
  *     product of Q_r o exp(Gamma_r - Gamma_rho) and K_c o exp(Gamma_rho - Gamma_c), both
@@ -54,13 +54,13 @@
 #define PARALLEL_MIN 262144
 /* Larger head dims fail: keeps every padded size and product an int for mm. */
 #define MAX_HEAD_DIM (1 << 20)
-/* Per-key gates whose spread over a chunk (Gamma_first - Gamma_last in a key dim) is at most
- * this go through one reference row: factors stay within e^(+-32), far from overflow, and
- * the products keep a dot product's rounding. Stronger gates take the sub-chunk path. */
+/* Per-key gates whose decay over a chunk (-Gamma_last in a key dim) is at most this go
+ * through E and exp(-Gamma): factors stay within e^(+-32), far from overflow, and the
+ * products keep a dot product's rounding. Stronger gates take the sub-chunk path. */
 #define FACTOR_SPREAD 32.0
 /* Per-head gates are read as max(g, GATE_FLOOR): exp underflows to 0 either way, and the
  * differences of cumulative sums stay finite (a -inf gate, a full reset, would make
- * -inf - -inf = NaN). Per-key gates need no floor: a -inf spread takes the sub-chunk path,
+ * -inf - -inf = NaN). Per-key gates need no floor: a -inf decay takes the sub-chunk path,
  * whose running products of exp(g) = 0 are exact. NaN passes. */
 #define GATE_FLOOR -1000.0f
 
@@ -310,14 +310,14 @@ typedef struct {
   float *O, *dQ, *dK;         /* O (fwd) or dV (bwd) CH x Vp; dQ, dK CH x Kp */
   float *S, *St, *dS, *dSt;   /* Kp x Vp and transposes */
   float *E, *F, *al;          /* exp(Gamma), exp(Gamma_last - Gamma), exp(g): CH x Kp (per head: CH) */
-  float *Pq, *Pk;             /* per-key gates, factored: exp(Gamma - Gamma_m), exp(Gamma_m - Gamma) */
-  bool factored;              /* this chunk's per-key gates go through one reference row m */
+  float *Pk;                  /* per-key gates, factored: exp(-Gamma) */
+  bool factored;              /* this chunk's per-key gates go through E and Pk (FACTOR_SPREAD) */
   int64_t bad;                /* smallest flat index of a g > 0 seen, or -1 */
   float *X, *Y;               /* CH x Kp scratch: Q o E / K o F, the sub-chunk factors */
   float *Phi, *tmp;           /* SUB x Kp */
   float *elast, *vec, *mrow;  /* Kp, Kp, CH */
   float *diag, *held;         /* CH: dA_rr; Kp: the final state's share of the last dk (see add_held) */
-  double *gam, *carry;        /* Gamma: CH x Kp (per head: CH); dg's running sum: Kp */
+  double *gam, *carry;        /* Gamma: CH per head, the running sum's Kp per key dim; dg's running sum: Kp */
   /* S (fwd), dS, dSt, carry (bwd) point at the current head's (use_head); these at the first */
   float *S0, *dS0, *dSt0;
   double *carry0;
@@ -337,16 +337,17 @@ static int64_t carve(bufs *w, float *p, const problem *P, bool bwd) {
     at += pad16(n);                              \
   } while (0)
   TAKE(Qs, CK); TAKE(K, CK); TAKE(V, CV); TAKE(Kt, CK); TAKE(A, CC); TAKE(O, CV); TAKE(S, bwd ? KV : P->G * KV);
-  TAKE(E, CK); TAKE(F, CK); TAKE(al, CK); TAKE(Pq, CK); TAKE(Pk, CK); TAKE(X, CK); TAKE(Y, CK); TAKE(Phi, SUB * P->Kp); TAKE(tmp, SUB * P->Kp);
+  TAKE(E, CK); TAKE(F, CK); TAKE(al, CK); TAKE(Pk, CK); TAKE(X, CK); TAKE(Y, CK); TAKE(Phi, SUB * P->Kp); TAKE(tmp, SUB * P->Kp);
   TAKE(elast, P->Kp); TAKE(vec, P->Kp); TAKE(mrow, CH); TAKE(diag, CH); TAKE(held, P->Kp);
   if (bwd) {
     TAKE(dO, CV); TAKE(Vt, CV); TAKE(dA, CC); TAKE(dQ, CK); TAKE(dK, CK); TAKE(St, KV);
     TAKE(dS, P->G * KV); TAKE(dSt, P->G * KV);
   }
   int64_t dbl = at;
-  at += pad16(2 * (CK + P->G * P->Kp));
+  int64_t GN = CH > P->Kp ? CH : P->Kp;
+  at += pad16(2 * (GN + P->G * P->Kp));
   if (p) {
-    w->gam = (double *)(void *)(p + dbl), w->carry = w->gam + CK;
+    w->gam = (double *)(void *)(p + dbl), w->carry = w->gam + GN;
     w->S0 = w->S, w->dS0 = w->dS, w->dSt0 = w->dSt, w->carry0 = w->carry;
   }
 #undef TAKE
@@ -385,35 +386,32 @@ static void store_state(float *dst, const problem *P, const float *S) {
 /* ---- gates --------------------------------------------------------------------------------- */
 
 /* The chunk's gates (n a row) into dst (L x ld, zero padded), per head at or above
- * GATE_FLOOR. Checked on the way: w->bad becomes the smallest flat index of a g > 0 seen. */
+ * GATE_FLOOR. Checked on the way: w->bad becomes the smallest flat index of a g > 0 seen.
+ * The check is one sn_vec max over the chunk (vector compares here compile to scalar
+ * code without ISA flags); rows are scanned only when it is not <= 0 (a g > 0, or NaN). */
 static void pack_gates(float *dst, int ld, const problem *P, bufs *w, int64_t b, int64_t t0, int64_t h, int L,
                        int64_t n) {
   for (int r = 0; r < L; r++) {
     const float *src = row(P->g, b, t0 + r, h);
     float *d = dst + (int64_t)r * ld;
-    vi pos = {0};
-    int64_t j = 0;
-    for (; j + SUB <= n; j += SUB) {
-      vf x = LD(src + j);
-      pos |= x > (vf){0};
-      ST(d + j, x);
-    }
-    bool bad = ANY_LANE(pos);
-    for (; j < n; j++) {
-      bad = bad || src[j] > 0;
-      d[j] = P->gate == GATE_HEAD && src[j] < GATE_FLOOR ? GATE_FLOOR : src[j];
-    }
+    memcpy(d, src, (size_t)n * sizeof(float));
     memset(d + n, 0, (size_t)(ld - n) * sizeof(float));
-    if (bad) {
-      int64_t at = ((b * P->T + t0 + r) * P->H + h) * n + first_positive(src, n);
-      if (w->bad < 0 || at < w->bad) w->bad = at;
-    }
+    if (P->gate == GATE_HEAD && d[0] < GATE_FLOOR) d[0] = GATE_FLOOR;
+  }
+  if (sn_vec->max(dst, (int64_t)L * ld) <= 0) return;
+  for (int r = 0; r < L; r++) {
+    const float *src = row(P->g, b, t0 + r, h);
+    int64_t j = first_positive(src, n);
+    if (j < 0) continue;
+    int64_t at = ((b * P->T + t0 + r) * P->H + h) * n + j;
+    if (w->bad < 0 || at < w->bad) w->bad = at;
   }
 }
 
-/* The chunk's decay factors E, F, elast. Per head: Gamma in gam. Per key dim: Gamma in gam
- * and, when its spread allows (w->factored), Pq, Pk through the middle row; else al = exp(g)
- * and E, F as running products of al (the sub-chunk path). Nothing without gates. */
+/* The chunk's decay factors E, F, elast. Per head: Gamma in gam. Per key dim: when the
+ * chunk's decay allows (w->factored), E and Pk = exp(-Gamma) from Gamma summed in double;
+ * else al = exp(g) and E, F as running products of al (the sub-chunk path). Nothing
+ * without gates. */
 static void gate_factors(const problem *P, bufs *w, int64_t b, int64_t h, int64_t t0, int L) {
   int Kp = P->Kp;
   if (P->gate == GATE_HEAD) {
@@ -426,28 +424,22 @@ static void gate_factors(const problem *P, bufs *w, int64_t b, int64_t h, int64_
     vfill(w->elast, w->E[L - 1], Kp);
   } else if (P->gate == GATE_KEY) {
     pack_gates(w->al, Kp, P, w, b, t0, h, L, P->Dk); /* padding: g = 0 */
-    double *last = w->gam + (L - 1) * Kp;
-    for (int j = 0; j < Kp; j += 8) STD(w->gam + j, WIDEN(w->al + j));
-    for (int r = 1; r < L; r++)
-      for (int j = 0; j < Kp; j += 8) STD(w->gam + r * Kp + j, LDD(w->gam + (r - 1) * Kp + j) + WIDEN(w->al + r * Kp + j));
+    double *sum = w->gam; /* Gamma's running sum, in double; E = (float)Gamma for now */
+    memset(sum, 0, (size_t)Kp * sizeof(double));
+    for (int r = 0; r < L; r++)
+      for (int j = 0; j < Kp; j += 8) {
+        vd x = LDD(sum + j) + WIDEN(w->al + r * Kp + j);
+        STD(sum + j, x);
+        *(vf8u *)(w->E + r * Kp + j) = __builtin_convertvector(x, vf8);
+      }
     w->factored = true;
-    for (int j = 0; j < Kp; j++) w->factored = w->factored && w->gam[j] - last[j] <= FACTOR_SPREAD; /* NaN: false */
-    if (w->factored) { /* E = exp(Gamma), Pq, Pk = exp(+-D), D = Gamma - Gamma_mid, F = Pk exp(Gamma_last - Gamma_mid) */
-      const double *mid = w->gam + (L - 1) / 2 * Kp;
-      for (int r = 0; r < L; r++)
-        for (int j = 0; j < Kp; j += 8) {
-          vd x = LDD(w->gam + r * Kp + j), d = x - LDD(mid + j);
-          *(vf8u *)(w->E + r * Kp + j) = __builtin_convertvector(x, vf8);
-          *(vf8u *)(w->Pq + r * Kp + j) = __builtin_convertvector(d, vf8);
-          *(vf8u *)(w->Pk + r * Kp + j) = __builtin_convertvector(-d, vf8);
-        }
-      for (int j = 0; j < Kp; j++) w->vec[j] = (float)(last[j] - mid[j]);
+    for (int j = 0; j < Kp; j++) w->factored = w->factored && -sum[j] <= FACTOR_SPREAD; /* NaN: false */
+    if (w->factored) { /* E = exp(Gamma), Pk = exp(-Gamma), F = Pk E_last */
       int64_t n = (int64_t)L * Kp;
+      sn_vec->binary_scalar(SN_MUL, w->Pk, w->E, -1.0f, n, false); /* (float)-Gamma, exactly */
       sn_vec->unary(SN_EXP, w->E, w->E, n);
-      sn_vec->unary(SN_EXP, w->Pq, w->Pq, n);
       sn_vec->unary(SN_EXP, w->Pk, w->Pk, n);
-      sn_vec->unary(SN_EXP, w->vec, w->vec, Kp);
-      for (int r = 0; r < L; r++) vmul(w->F + r * Kp, w->Pk + r * Kp, w->vec, Kp);
+      for (int r = 0; r < L; r++) vmul(w->F + r * Kp, w->Pk + r * Kp, w->E + (L - 1) * Kp, Kp);
     } else {
       sn_vec->unary(SN_EXP, w->al, w->al, (int64_t)L * Kp);
       memcpy(w->E, w->al, (size_t)Kp * sizeof(float));
@@ -499,9 +491,9 @@ static void mm_rows(bufs *w, float *C, int64_t ldc, const float *A, int64_t ars,
 
 /* The intra-chunk block as plain products, by sub-chunk rows (columns only up to the
  * diagonal block): A = (Qx Kx^T) o M, zero above the diagonal, with M_rc = exp(Gamma_r -
- * Gamma_c) per head (1 without gates). Per key dim, factored, Qx = Q o Pq and Kx = K o Pk
+ * Gamma_c) per head (1 without gates). Per key dim, factored, Qx = Q o E and Kx = K o Pk
  * carry the decays themselves. w->Kt holds Kx^T. bwd: dA (already dO V^T) masked alike and
- * without its diagonal (see add_held), then dQ += (dA Kx) o Pq, dK += (dA^T Qx) o Pk. */
+ * without its diagonal (see add_held), then dQ += (dA Kx) o E, dK += (dA^T Qx) o Pk. */
 static void gemm_intra(const problem *P, bufs *w, int L, bool bwd, const float *Qx, const float *Kx) {
   int Kp = P->Kp, Dk = (int)P->Dk;
   bool f = P->gate == GATE_KEY;
@@ -529,7 +521,7 @@ static void gemm_intra(const problem *P, bufs *w, int L, bool bwd, const float *
       continue;
     }
     mm_rows(w, w->tmp, Kp, w->dA + r0 * CH, CH, 1, Kx, Kp, n, Kp, r0 + n, 1.0f, false);
-    for (int i = 0; i < n; i++) vmul_add(w->dQ + (r0 + i) * Kp, w->tmp + i * Kp, w->Pq + (r0 + i) * Kp, Kp);
+    for (int i = 0; i < n; i++) vmul_add(w->dQ + (r0 + i) * Kp, w->tmp + i * Kp, w->E + (r0 + i) * Kp, Kp);
   }
   if (!bwd) return;
   for (int r0 = 0; r0 < L; r0 += SUB) {
@@ -549,7 +541,7 @@ static void intra(const problem *P, bufs *w, int L, bool bwd) {
     gemm_intra(P, w, L, bwd, w->Qs, w->K);
   } else if (w->factored) {
     int Kp = P->Kp;
-    sn_vec->binary(SN_MUL, w->X, w->Qs, w->Pq, (int64_t)L * Kp);
+    sn_vec->binary(SN_MUL, w->X, w->Qs, w->E, (int64_t)L * Kp);
     sn_vec->binary(SN_MUL, w->Y, w->K, w->Pk, (int64_t)L * Kp);
     transpose(w->Kt, CH, w->Y, Kp, L, (int)pad16(L), Kp, Kp);
     gemm_intra(P, w, L, bwd, w->X, w->Y);
@@ -690,7 +682,8 @@ static void fwd_chunk(const problem *P, bufs *w, int64_t b, int64_t h, int64_t t
     int n = imin(SUB, L - r0);
     mm_rows(w, w->O + r0 * Vp, Vp, w->A + r0 * CH, CH, 1, w->V, Vp, n, Vp, r0 + n, 1.0f, false);
   }
-  mm_rows(w, w->O, Vp, gated_rows(P, w->X, w->Qs, w->E, L), Kp, 1, w->S, Vp, L, Vp, Dk, 1.0f, true);
+  const float *Qb = P->gate == GATE_KEY && w->factored ? w->X : gated_rows(P, w->X, w->Qs, w->E, L); /* factored: intra's */
+  mm_rows(w, w->O, Vp, Qb, Kp, 1, w->S, Vp, L, Vp, Dk, 1.0f, true);
   const float *Kb = gated_rows(P, w->Y, w->K, w->F, L);
   decay_state(P, w, w->S);
   mm_rows(w, w->S, Vp, Kb, 1, Kp, w->V, Vp, Dk, Vp, L, 1.0f, true);
