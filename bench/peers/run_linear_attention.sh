@@ -24,36 +24,7 @@ long=$(printf '%s\n' ${*:-all} | sed 's/^all$/long/; s/^long$/delta_long gla_lon
   tr ' ' '\n' | grep -E '^(delta|gla)_long$' | tr '\n' ' ')
 both=$(printf '%s\n' ${*:-all} | sed 's/^all$/delta gla/; /^long$/d; /^delta_long$/d;
   /^gla_long$/d' | tr '\n' ' ')
-results= checked=
-for policy in PASSIVE ACTIVE; do
-  args=$both
-  # The T=16384 runs (50-80 s together here: 1 warm-up and 3 timed fwd+bwd each, 2.5 GB peak
-  # RSS) run under PASSIVE only, as run_scan.sh's, to keep the whole run within ~4 minutes;
-  # their lines give the ratio to the PASSIVE T=1024 per-token cost of the same process.
-  [ "$policy" = PASSIVE ] && args="$args $long"
-  [ -n "$(printf '%s' "$args" | tr -d ' ')" ] || continue
-  out=$(LD_PRELOAD=$JEMALLOC OMP_WAIT_POLICY=$policy PYTHONDONTWRITEBYTECODE=1 \
-    "$PYTHON" linear_attention_torch.py $args 2>&1)
-  case $out in
-    skip:*) echo "$out"; exit 0 ;;
-  esac
-  if ! printf '%s\n' "$out" | grep -q '^check_ok '; then
-    echo "skip: linear_attention_torch.py failed: $(printf '%s' "$out" | tail -n 1)"
-    exit 0
-  fi
-  printf '%s\n' "$out" | grep '^torch ' | sed "s/\$/ (OMP_WAIT_POLICY=$policy)/"
-  [ -n "$checked" ] || printf '%s\n' "$out" | grep '^check_ok '
-  checked=1
-  measured=$(printf '%s\n' "$out" | grep -E '^[a-z_]+ [0-9.]+( |$)|^[a-z_]+_skip ' | grep -v -e '^check_ok ' -e '^torch ')
-  printf '%s\n' "$measured" | sed "/^\$/d; s/^/$policy: /"
-  results="$results$(printf '%s\n' "$measured" | sed "/^\$/d; s/^/$policy /")
-"
-done
-# per name, in first-seen order: the lower value, with its tags and policy
-printf '%s' "$results" | awk '
-  { p = $1; name = $2; val = $3; rest = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ ?/, "", rest)
-    if (!(name in best)) order[n++] = name
-    if (name ~ /_skip$/) { line[name] = name " " val (rest == "" ? "" : " " rest); best[name] = 0; next }
-    if (!(name in best) || val + 0 < best[name] + 0) {
-      best[name] = val; line[name] = name " " val (rest == "" ? "" : " " rest) " (OMP_WAIT_POLICY=" p ")" } }
-  END { for (i = 0; i < n; i++) print line[order[i]] }'
+# The T=16384 runs (50-80 s together here: 1 warm-up and 3 timed fwd+bwd each, 2.5 GB peak
+# RSS) run under PASSIVE only, to keep the whole run within ~4 minutes; their lines give the
+# ratio to the PASSIVE T=1024 per-token cost of the same process.
+run_policies linear_attention_torch.py "$both" "$long"

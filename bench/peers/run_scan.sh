@@ -21,35 +21,5 @@ case $want in *" all "*|*" scan "*) long=1 ;; *" long "*) long=1 ;; *) long= ;; 
 # everything but `long` runs under both policies
 both=$(printf '%s\n' ${*:-all} | sed 's/^all$/parallel parallel_btdn ref block/;
   s/^scan$/parallel parallel_btdn ref/; /^long$/d' | tr '\n' ' ')
-results= checked=
-for policy in PASSIVE ACTIVE; do
-  args=$both
-  # The T=16384 scan (~2 x 40 s: warm-up and timed run, 9.3 GB) runs under PASSIVE only: its
-  # ops are few and long (tens of ms to seconds each), where the wait policy cannot matter.
-  [ "$policy" = PASSIVE ] && [ -n "$long" ] && args="$args long"
-  [ -n "$(printf '%s' "$args" | tr -d ' ')" ] || continue
-  out=$(LD_PRELOAD=$JEMALLOC OMP_WAIT_POLICY=$policy PYTHONDONTWRITEBYTECODE=1 \
-    "$PYTHON" scan_torch.py $args 2>&1)
-  case $out in
-    skip:*) echo "$out"; exit 0 ;;
-  esac
-  if ! printf '%s\n' "$out" | grep -q '^check_ok '; then
-    echo "skip: scan_torch.py failed: $(printf '%s' "$out" | tail -n 1)"
-    exit 0
-  fi
-  printf '%s\n' "$out" | grep '^torch ' | sed "s/\$/ (OMP_WAIT_POLICY=$policy)/"
-  [ -n "$checked" ] || printf '%s\n' "$out" | grep '^check_ok '
-  checked=1
-  measured=$(printf '%s\n' "$out" | grep -E '^[a-z_]+ [0-9.]+( |$)|^[a-z_]+_skip ' | grep -v -e '^check_ok ' -e '^torch ')
-  printf '%s\n' "$measured" | sed "/^\$/d; s/^/$policy: /"
-  results="$results$(printf '%s\n' "$measured" | sed "/^\$/d; s/^/$policy /")
-"
-done
-# per name, in first-seen order: the lower value, with its tags and policy
-printf '%s' "$results" | awk '
-  { p = $1; name = $2; val = $3; rest = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ ?/, "", rest)
-    if (!(name in best)) order[n++] = name
-    if (name ~ /_skip$/) { line[name] = name " " val (rest == "" ? "" : " " rest); best[name] = 0; next }
-    if (!(name in best) || val + 0 < best[name] + 0) {
-      best[name] = val; line[name] = name " " val (rest == "" ? "" : " " rest) " (OMP_WAIT_POLICY=" p ")" } }
-  END { for (i = 0; i < n; i++) print line[order[i]] }'
+# The T=16384 scan (~2 x 40 s: warm-up and timed run, 9.3 GB) runs under PASSIVE only.
+run_policies scan_torch.py "$both" "${long:+long}"
