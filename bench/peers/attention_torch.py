@@ -10,9 +10,9 @@ Prints `torch <version> threads N blas <core>` and one line per variant:
 scaled_dot_product_attention), or `skip: ...` when torch cannot be imported.
 Run it through run_attention.sh (jemalloc, both OMP_WAIT_POLICY values).
 """
-import ctypes
 import sys
 import time
+from peerutil import blas_core
 
 try:
     import torch
@@ -33,19 +33,6 @@ def eager(q, k, v):
 
 def sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def blas_core():
-    """The OpenBLAS core torch runs on, when torch uses OpenBLAS and exports its symbols."""
-    for lib in (None, "libopenblas.so.0", "libblas.so.3"):
-        try:
-            h = ctypes.CDLL(lib)
-            f = h.openblas_get_corename
-        except (OSError, AttributeError):
-            continue
-        f.restype = ctypes.c_char_p
-        return f().decode()
-    return "unknown (not OpenBLAS, or symbols not exported)"
 
 
 def median_ms(fn):

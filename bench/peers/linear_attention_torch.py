@@ -55,10 +55,10 @@ or `skip: ...` (exit 0) when torch cannot be imported; a failed check exits 1 wi
 `check FAILED: ...`. Run it through run_linear_attention.sh (jemalloc, both
 OMP_WAIT_POLICY values).
 """
-import ctypes
 import os
 import sys
 import time
+from peerutil import blas_core, median_ms
 
 try:
     import torch
@@ -256,31 +256,6 @@ def check():
     print("check_ok B%d T%d H%d Dk%d Dv%d max_err %.2g (of max |ref|, o and 4 gradients; "
           "delta rule, GLA per-key and per-head gates; chunk %d)" % (*shape, worst, CHUNK),
           flush=True)
-
-
-def blas_core():
-    """The OpenBLAS core torch runs on, when torch uses OpenBLAS and exports its symbols
-    (as attention_torch.py): the chunked forms are mostly GEMM."""
-    for lib in (None, "libopenblas.so.0", "libblas.so.3"):
-        try:
-            f = ctypes.CDLL(lib).openblas_get_corename
-        except (OSError, AttributeError):
-            continue
-        f.restype = ctypes.c_char_p
-        return f().decode()
-    return "unknown"
-
-
-def median_ms(step, warmup, reps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2] * 1e3
 
 
 def time_fn(fn, kind, Tn, warmup, reps):

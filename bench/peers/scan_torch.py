@@ -36,11 +36,11 @@ then one line per measurement, `name value tags...`:
 or `skip: ...` (exit 0) when torch cannot be imported; a failed check exits 1 with
 `check FAILED: ...`. Run it through run_scan.sh (jemalloc, both OMP_WAIT_POLICY values).
 """
-import ctypes
 import math
 import os
 import sys
 import time
+from peerutil import blas_core, median_ms
 
 try:
     import torch
@@ -285,31 +285,6 @@ def check():
         worst = max(worst, (err.max() / r.abs().max()).item())
     print("check_ok B%d T%d D%d N%d max_err %.2g (of max |ref|, y and 8 gradients, both layouts)"
           % (*shape, worst), flush=True)
-
-
-def blas_core():
-    """The OpenBLAS core torch runs on, when torch uses OpenBLAS and exports its symbols
-    (as attention_torch.py): the block's time is mostly GEMM."""
-    for lib in (None, "libopenblas.so.0", "libblas.so.3"):
-        try:
-            f = ctypes.CDLL(lib).openblas_get_corename
-        except (OSError, AttributeError):
-            continue
-        f.restype = ctypes.c_char_p
-        return f().decode()
-    return "unknown"
-
-
-def median_ms(step, warmup, reps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2] * 1e3
 
 
 def time_scan(fn, shape, warmup, reps):
