@@ -38,6 +38,28 @@ function KVCache:append(k, v)
   end)
 end
 
+-- attend(q, k, v [, window]): causal attention of q (B,T,H,Dh) over the cached sequence
+-- continued by k, v (B,T,Hkv,Dh); returns (B,T,H,Dh). On an empty cache the tokens are a
+-- prompt: one full causal sn.F.attention, then their keys and values are stored; later
+-- tokens take one sn.F.attention_step each over the cached positions (O(length) per token,
+-- or O(window) with a window: each query sees the window previous keys and itself).
+function KVCache:attend(q, k, v, window)
+  if self.length == 0 then
+    local o = sn.F.attention(q, k, v, { causal = true, window = window })
+    self:append(k, v)
+    return o
+  end
+  local T = q:size(2)
+  local opts = { window = window }
+  if T == 1 then return sn.F.attention_step(q, k, v, self.k, self.v, self:claim(1), opts) end
+  local o = sn.empty(q:size(1), T, q:size(3), q:size(4))
+  for t = 1, T do
+    o:narrow(2, t, 1):copy_(sn.F.attention_step(q:narrow(2, t, 1), k:narrow(2, t, 1), v:narrow(2, t, 1), self.k,
+      self.v, self:claim(1), opts))
+  end
+  return o
+end
+
 function KVCache:reset() self.length = 0 end
 
 function KVCache:__tostring()

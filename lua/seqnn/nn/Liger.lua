@@ -37,24 +37,6 @@ function Liger:init_cache(batch, max_len)
            kv = KVCache(batch, self.heads, max_len, self.head_dim), length = 0 }
 end
 
--- The window branch: window - 1 keys before each query, plus itself.
-local function window_attention(self, q, k, v, cache)
-  local opts = { causal = true, window = self.window - 1 }
-  if not cache then return sn.F.attention(q, k, v, opts) end
-  if cache.kv.length == 0 then
-    cache.kv:append(k, v)
-    return sn.F.attention(q, k, v, opts)
-  end
-  local T = q:size(2)
-  local o = sn.empty(q:size(1), T, self.heads, self.head_dim)
-  for t = 1, T do
-    local o_t = sn.F.attention_step(q:narrow(2, t, 1), k:narrow(2, t, 1), v:narrow(2, t, 1), cache.kv.k,
-      cache.kv.v, cache.kv:claim(1), { window = opts.window })
-    o:narrow(2, t, 1):copy_(o_t)
-  end
-  return o
-end
-
 -- forward(x [, cache]): x (B,T,d) -> (B,T,d); with a cache the tokens continue it.
 function Liger:forward(x, cache)
   recurrent.check_input(NAME, x, self.d)
@@ -68,7 +50,9 @@ function Liger:forward(x, cache)
     local ropt = { offset = cache and cache.length or 0, base = self.rope_base }
     q, k = sn.F.rope(q, ropt), sn.F.rope(k, ropt)
   end
-  o = (o + window_attention(self, q, k, v, cache)) * 0.5
+  local w = cache and cache.kv:attend(q, k, v, self.window - 1)
+    or sn.F.attention(q, k, v, { causal = true, window = self.window - 1 })
+  o = (o + w) * 0.5
   if cache then cache.length = cache.length + T end
   return self.proj(o:reshape(B, T, self.d))
 end

@@ -55,21 +55,6 @@ function MultiheadAttention:init_cache(batch, max_len)
   return KVCache(batch, self.kv_heads, max_len, self.head_dim)
 end
 
--- Tokens after the first ones of a cached sequence: one F.attention_step per token, each
--- writing its key and value into the cache and reading the positions before it.
-local function decode(self, q, k, v, cache)
-  local T = q:size(2)
-  local opts = { window = self.window }
-  if T == 1 then return sn.F.attention_step(q, k, v, cache.k, cache.v, cache:claim(1), opts) end
-  local o = sn.empty(q:size(1), T, self.heads, self.head_dim)
-  for t = 1, T do
-    local o_t = sn.F.attention_step(q:narrow(2, t, 1), k:narrow(2, t, 1), v:narrow(2, t, 1),
-      cache.k, cache.v, cache:claim(1), opts)
-    o:narrow(2, t, 1):copy_(o_t)
-  end
-  return o
-end
-
 -- forward(x [, cache]): x (B,T,d) -> (B,T,d). With a cache (from init_cache) the tokens
 -- continue the cached sequence: the first call (an empty cache) runs full causal attention
 -- over the prompt and stores its keys and values; later calls attend over the cache.
@@ -90,17 +75,11 @@ function MultiheadAttention:forward(x, cache)
       rope = self.rope and { base = self.rope_base } or nil })
   else
     local q, k, v = qkv:narrow(3, 1, H), qkv:narrow(3, H + 1, G), qkv:narrow(3, H + G + 1, G)
-    local pos = cache.length
     if self.rope then
-      local ropt = { offset = pos, base = self.rope_base }
+      local ropt = { offset = cache.length, base = self.rope_base }
       q, k = sn.F.rope(q, ropt), sn.F.rope(k, ropt)
     end
-    if pos == 0 then
-      o = sn.F.attention(q, k, v, { causal = self.causal, window = self.window })
-      cache:append(k, v)
-    else
-      o = decode(self, q, k, v, cache)
-    end
+    o = cache:attend(q, k, v, self.window)
   end
   o = self.proj(o:reshape(B, T, H * Dh))
   return self.drop and self.drop(o) or o
