@@ -42,20 +42,6 @@ end
 local train = sn.data.MQAR{ length = opts.length, pairs = counts, vocab = opts.vocab }
 print(train:describe())
 
--- Accuracy over the repeated keys of `eval` fresh batches with n pairs each.
-local function accuracy(model, n)
-  local task = sn.data.MQAR{ length = opts.length, pairs = n, vocab = opts.vocab }
-  local hits, count = 0, 0
-  sn.no_grad(function()
-    for _ = 1, opts.eval do
-      local x, y = task:batch(opts.batch)
-      local acc, k = task:accuracy(model(x), y)
-      hits, count = hits + acc * k, count + k
-    end
-  end)
-  return hits / count
-end
-
 local function run(mixer)
   sn.manual_seed(opts.seed)
   local model = sn.models.LM{ vocab = train.vocab_size, d = opts.d, layers = 2, heads = opts.heads,
@@ -68,7 +54,10 @@ local function run(mixer)
   local summary = sn.train.fit{ model = model, optimizer = opt, schedule = schedule, data = train, steps = opts.steps,
     batch = opts.batch, clip = 1.0, eval_batches = 2 }
   local row = { name = mixer, params = model:num_parameters(), seconds = summary.total_time, acc = {} }
-  for i, n in ipairs(counts) do row.acc[i] = accuracy(model, n) end
+  for i, n in ipairs(counts) do
+    local test = sn.data.MQAR{ length = opts.length, pairs = n, vocab = opts.vocab }
+    row.acc[i] = test:evaluate(model, opts.eval, opts.batch)
+  end
   return row
 end
 

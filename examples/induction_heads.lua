@@ -35,20 +35,6 @@ end
 local train = sn.data.InductionHeads{ length = opts.length, vocab = opts.vocab }
 print(train:describe())
 
--- Accuracy at the last position over `eval` fresh batches of a task of length L.
-local function accuracy(model, L)
-  local task = sn.data.InductionHeads{ length = L, vocab = opts.vocab }
-  local hits, count = 0, 0
-  sn.no_grad(function()
-    for _ = 1, opts.eval do
-      local x, y = task:batch(opts.batch)
-      local acc, n = task:accuracy(model(x), y)
-      hits, count = hits + acc * n, count + n
-    end
-  end)
-  return hits / count
-end
-
 local function run(mixer)
   sn.manual_seed(opts.seed)
   -- Attention gets 2 heads and the same depth and width; its RoPE has no fixed context.
@@ -61,7 +47,10 @@ local function run(mixer)
   local summary = sn.train.fit{ model = model, optimizer = opt, schedule = schedule, data = train, steps = opts.steps,
     batch = opts.batch, clip = 1.0, eval_batches = 2 }
   local row = { name = mixer, params = model:num_parameters(), seconds = summary.total_time, acc = {} }
-  for i, k in ipairs(multiples) do row.acc[i] = accuracy(model, k * opts.length) end
+  for i, k in ipairs(multiples) do
+    local test = sn.data.InductionHeads{ length = k * opts.length, vocab = opts.vocab }
+    row.acc[i] = test:evaluate(model, opts.eval, opts.batch)
+  end
   return row
 end
 

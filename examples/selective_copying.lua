@@ -28,19 +28,6 @@ if opts.tokens > opts.length then sn.cli.fail(PROG, "--tokens must be at most --
 local task = sn.data.SelectiveCopying{ length = opts.length, n_tokens = opts.tokens, vocab = opts.vocab }
 print(task:describe())
 
--- Accuracy of the copied tokens over `batches` fresh batches, without gradients.
-local function accuracy(model, batches)
-  local hits, count = 0, 0
-  sn.no_grad(function()
-    for _ = 1, batches do
-      local x, y = task:batch(opts.batch)
-      local acc, n = task:accuracy(model(x), y)
-      hits, count = hits + acc * n, count + n
-    end
-  end)
-  return hits / count
-end
-
 local function run(name, selective)
   sn.manual_seed(opts.seed)
   local model = sn.models.LM{ vocab = task.vocab_size, d = opts.d, layers = 2, context = task.seq,
@@ -51,8 +38,8 @@ local function run(name, selective)
   print(("== %s"):format(name))
   local summary = sn.train.fit{ model = model, optimizer = opt, schedule = schedule, data = task, steps = opts.steps,
     batch = opts.batch, clip = 1.0, eval_batches = 2 }
-  return { name = name, params = model:num_parameters(), loss = summary.loss, acc = accuracy(model, opts.eval),
-           seconds = summary.total_time }
+  return { name = name, params = model:num_parameters(), loss = summary.loss,
+           acc = task:evaluate(model, opts.eval, opts.batch), seconds = summary.total_time }
 end
 
 local rows = { run("Mamba (selective)", true), run("Mamba, no selection", false) }

@@ -363,6 +363,19 @@ describe("seqnn.data.InductionHeads", function()
   end)
 end)
 
+describe("ds:evaluate", function()
+  it("averages a model's accuracy over fresh batches, and names a bad count", function()
+    sn.manual_seed(2)
+    local zeros = function(x) return sn.zeros(x:size(1), x:size(2), 8) end -- always predicts id 0
+    -- one symbol: every answer is id 0; selective copying's data ids start at 1
+    assert.are.equal(1, D.InductionHeads{ length = 8, vocab = 1 }:evaluate(zeros, 3, 4))
+    assert.are.equal(0, D.SelectiveCopying{ length = 8, n_tokens = 2, vocab = 4 }:evaluate(zeros, 2, 4))
+    assert.are.equal(0, D.MQAR{ length = 16, pairs = 2, vocab = 8 }:evaluate(zeros, 2, 4))
+    raises(function() local _ = D.MQAR{}:evaluate(zeros, 0, 4) end,
+      "seqnn.data.MQAR:evaluate: batches must be a positive integer, got 0")
+  end)
+end)
+
 describe("synthetic tasks with sn.train.fit", function()
   it("serve as samplers: a few steps of training run and the loss is finite", function()
     local ds = D.InductionHeads{ length = 16, vocab = 4 }

@@ -80,6 +80,8 @@ function InductionHeads:accuracy(logits, y)
   return fraction, count
 end
 
+InductionHeads.evaluate = scored.evaluate
+
 function InductionHeads:describe()
   return ("Induction Heads: %d random tokens from %d symbols, trigger id %d, answer at the last position (vocab_size %d)")
     :format(self.length, self.vocab, self.trigger, self.vocab_size)

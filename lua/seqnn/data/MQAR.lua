@@ -111,6 +111,8 @@ function MQAR:accuracy(logits, y)
   return fraction, count
 end
 
+MQAR.evaluate = scored.evaluate
+
 function MQAR:describe()
   return ("MQAR: %s key-value pairs in %d tokens, %d keys, %d values (vocab_size %d)"):format(
     table.concat(self.pairs, "/"), self.length, self.keys, self.vocab - 1 - self.keys, self.vocab_size)

@@ -112,6 +112,8 @@ function SelectiveCopying:accuracy(logits, y)
   return fraction, count
 end
 
+SelectiveCopying.evaluate = scored.evaluate
+
 function SelectiveCopying:describe()
   return ("Selective Copying: %d tokens from %d symbols at random positions among %d, then %d markers (seq %d, vocab_size %d)")
     :format(self.n_tokens, self.vocab, self.length, self.n_tokens, self.seq, self.vocab_size)

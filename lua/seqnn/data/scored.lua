@@ -48,4 +48,22 @@ function scored.accuracy(fn, logits, y)
   return hits / count, count
 end
 
+-- ds:evaluate(model, batches, B) -> fraction: the accuracy of model (called as model(x),
+-- under sn.no_grad) over `batches` fresh batches of B rows, weighted by scored positions.
+-- The synthetic datasets take it as a method.
+function scored.evaluate(ds, model, batches, B)
+  if math.type(batches) ~= "integer" or batches < 1 then
+    error(("%s:evaluate: batches must be a positive integer, got %s"):format(ds.__name, tostring(batches)), 2)
+  end
+  local hits, count = 0, 0
+  sn.no_grad(function()
+    for _ = 1, batches do
+      local x, y = ds:batch(B)
+      local acc, n = ds:accuracy(model(x), y)
+      hits, count = hits + acc * n, count + n
+    end
+  end)
+  return hits / count
+end
+
 return scored
