@@ -55,10 +55,10 @@ or `skip: ...` (exit 0) when torch cannot be imported; a failed check exits 1 wi
 `check FAILED: ...`. Run it through run_linear_attention.sh (jemalloc, both
 OMP_WAIT_POLICY values).
 """
-import os
 import sys
 import time
-from peerutil import blas_core, median_ms
+import peerutil
+from peerutil import median_ms
 
 try:
     import torch
@@ -329,20 +329,5 @@ GROUPS = {"delta": ["delta_chunked", "delta_recurrent"], "gla": ["gla_chunked", 
           "long": ["delta_long", "gla_long"], "all": list(BENCHES)}
 
 
-def main():
-    todo = []
-    for arg in sys.argv[1:] or ["all"]:
-        if arg not in BENCHES and arg not in GROUPS:
-            sys.exit(f"usage: {os.path.basename(sys.argv[0])} "
-                     f"[{'|'.join(list(BENCHES) + list(GROUPS))} ...]")
-        todo += [n for n in GROUPS.get(arg, [arg]) if n not in todo]
-    torch.set_num_threads(THREADS)
-    print(f"torch {torch.__version__} threads {torch.get_num_threads()} blas {blas_core()}",
-          flush=True)
-    check()
-    for name in todo:
-        BENCHES[name]()
-
-
 if __name__ == "__main__":
-    main()
+    peerutil.main(BENCHES, GROUPS, THREADS, check)
