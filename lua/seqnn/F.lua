@@ -228,7 +228,7 @@ local function attention_node(name, q, k, v, causal, window, scale, cu_q, cu_k)
     lse:free()
     q, k, v, o, lse = nil, nil, nil, nil, nil
     return dq, dk, dv
-  end)
+  end, true)
   return o
 end
 
@@ -285,7 +285,7 @@ function F.attention_qkv(qkv, heads, kv_heads, opts)
     lse:free()
     qkv, q, k, v, o, lse = nil, nil, nil, nil, nil, nil
     return dqkv
-  end)
+  end, true)
   return o
 end
 
@@ -356,7 +356,7 @@ function F.selective_scan(u, delta, A, B, C, opts)
       chunks:free()
       u, delta, A, B, C, Dskip, z, bias, h0, chunks = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
       return du, dd, dA, dB, dC, dDs, dz, dbias, dh0
-    end)
+    end, true)
   end
   if want_state then return y, final end
   return y
@@ -378,7 +378,7 @@ function F.causal_conv1d(x, weight, bias, opts)
     local dx, dw, db = core.k_causal_conv1d_bwd(g, x, weight, bias, silu)
     x, weight, bias = nil, nil, nil
     return dx, dw, db
-  end)
+  end, true)
   return y
 end
 
@@ -430,7 +430,7 @@ local function linear_attention_node(name, q, k, v, gate, opts)
       chunks:free()
       q, k, v, gate, h0, chunks = nil, nil, nil, nil, nil, nil
       return dq, dk, dv, dgate, dh0
-    end)
+    end, true)
   end
   if want_state then return o, final end
   return o

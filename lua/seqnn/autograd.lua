@@ -51,14 +51,16 @@ end
 
 -- Records a tape node when recording is on and any input is tracked. `inputs` may hold
 -- nils (numbers, options) when it has an `n` field; `outputs` is a tensor or a list.
-function autograd.record(name, inputs, outputs, backward)
+-- `fresh`: backward returns a new tensor per input that nothing else holds (a kernel's
+-- outputs), so a gradient is adopted as it is instead of copied before accumulation.
+function autograd.record(name, inputs, outputs, backward, fresh)
   if not state.enabled then return false end
   local n, any = inputs.n or #inputs, false
   for i = 1, n do
     if tracked(inputs[i]) then any = true; break end
   end
   if not any then return false end
-  local node = { name = name, inputs = inputs, ninputs = n, backward = backward }
+  local node = { name = name, inputs = inputs, ninputs = n, backward = backward, fresh = fresh == true }
   if is_tensor(outputs) then
     node.noutputs = 1
     tracked_set[outputs] = true
@@ -131,11 +133,11 @@ local function materialize(input, g)
   return z
 end
 
-local function accumulate_leaf(t, g)
+local function accumulate_leaf(t, g, fresh)
   local have = t.grad
   if have == nil then
-    -- A fresh copy: g may be a view shared with other gradients or the upstream gradient.
-    t.grad = materialize(t, g)
+    -- A copy unless fresh: g may be a view shared with other gradients or the upstream one.
+    t.grad = (fresh and not is_slice(g) and g:is_contiguous()) and g or materialize(t, g)
   else
     add_into(have, g)
   end
@@ -216,6 +218,7 @@ function autograd.backward(t, gradient)
                   owned[slot[j]] = true
                 else
                   slot[j] = g
+                  owned[g] = node.fresh or nil
                 end
               elseif owned[have] then
                 add_into(have, g)
@@ -225,7 +228,7 @@ function autograd.backward(t, gradient)
                 slot[j], owned[sum] = sum, true
               end
             else
-              accumulate_leaf(input, g)
+              accumulate_leaf(input, g, node.fresh)
             end
           end
         end
