@@ -354,3 +354,31 @@ Test(reduce, results_do_not_depend_on_the_thread_count) {
   sn_tensor_release(&b);
   sn_tensor_release(&c);
 }
+
+/* ---- the running sum under the linear-attention gates --------------------------------------- */
+
+Test(reduce, acc_scan_forward_and_reverse_every_level) {
+  enum { ROWS = 7, N = 37, XS = 40, YS = 45 };
+  float x[ROWS * XS], y[ROWS * YS];
+  for (int i = 0; i < ROWS * XS; i++) x[i] = (float)((i * 37 % 101) - 50) / 7.0f;
+  for (int l = 0, nl = level_count(); l < nl; l++) {
+    use_level(l);
+    for (int reverse = 0; reverse < 2; reverse++) {
+      double acc[N], ref[N];
+      for (int j = 0; j < N; j++) acc[j] = ref[j] = j * 0.25;
+      memset(y, 0x7f, sizeof y); /* untouched entries stay huge */
+      int64_t xs = reverse ? -XS : XS, ys = reverse ? -YS : YS;
+      const float *x0 = reverse ? x + (ROWS - 1) * XS : x;
+      float *y0 = reverse ? y + (ROWS - 1) * YS : y;
+      sn_vec->acc_scan(acc, y0, ys, x0, xs, ROWS, N);
+      for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < N; j++) {
+          ref[j] += x0[r * xs + j];
+          cr_expect_eq(y0[r * ys + j], (float)ref[j], "%s reverse %d row %d lane %d", levels[l], reverse, r, j);
+        }
+      for (int j = 0; j < N; j++) cr_expect_eq(acc[j], ref[j], "%s: acc[%d]", levels[l], j);
+      for (int r = 0; r < ROWS; r++) cr_expect_gt(y[r * YS + N], 1e30f, "%s: lane N of row %d written", levels[l], r);
+    }
+  }
+  restore_level();
+}

@@ -83,14 +83,6 @@ typedef int32_t vi __attribute__((vector_size(64)));
 #define SPLAT(a) ((a) - (vf){0})
 #define ANY_LANE(m) (memcmp(&(m), &(vi){0}, sizeof(vi)) != 0) /* some lane of the mask m set */
 
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf8u __attribute__((vector_size(32), aligned(4)));
-typedef double vd __attribute__((vector_size(64)));
-#define LD8(p) (*(const vf8u *)(p))
-#define LDD(p) (*(const vd *)(p))
-#define STD(p, x) (*(vd *)(p) = (x))
-#define WIDEN(p) __builtin_convertvector(LD8(p), vd)
-
 static void vmul(float *y, const float *a, const float *b, int n) {
   for (int j = 0; j < n; j += SUB) ST(y + j, LD(a + j) * LD(b + j));
 }
@@ -426,12 +418,7 @@ static void gate_factors(const problem *P, bufs *w, int64_t b, int64_t h, int64_
     pack_gates(w->al, Kp, P, w, b, t0, h, L, P->Dk); /* padding: g = 0 */
     double *sum = w->gam; /* Gamma's running sum, in double; E = (float)Gamma for now */
     memset(sum, 0, (size_t)Kp * sizeof(double));
-    for (int r = 0; r < L; r++)
-      for (int j = 0; j < Kp; j += 8) {
-        vd x = LDD(sum + j) + WIDEN(w->al + r * Kp + j);
-        STD(sum + j, x);
-        *(vf8u *)(w->E + r * Kp + j) = __builtin_convertvector(x, vf8);
-      }
+    sn_vec->acc_scan(sum, w->E, Kp, w->al, Kp, L, Kp);
     w->factored = true;
     for (int j = 0; j < Kp; j++) w->factored = w->factored && -sum[j] <= FACTOR_SPREAD; /* NaN: false */
     if (w->factored) { /* E = exp(Gamma), Pk = exp(-Gamma), F = Pk E_last */
@@ -781,20 +768,12 @@ static void gate_grads(const bwd_args *a, bufs *w, int64_t b, int64_t h, int64_t
   sn_vec->binary(SN_MUL, w->X, w->Qs, w->dQ, n);
   sn_vec->binary(SN_MUL, w->Y, w->K, w->dK, n);
   sn_vec->binary(SN_SUB, w->X, w->X, w->Y, n);
-  for (int r = L - 1; r >= 0; r--) {
-    const float *x = w->X + r * Kp;
-    int64_t at = (b * P->T + t0 + r) * P->H + h;
-    if (P->gate == GATE_HEAD) {
-      a->dg[at] = (float)(w->carry[0] += sn_vec->sum(x, Kp));
-      continue;
-    }
-    for (int j = 0; j < Kp; j += 8) {
-      vd c = LDD(w->carry + j) + WIDEN(x + j);
-      STD(w->carry + j, c);
-      *(vf8u *)(w->vec + j) = __builtin_convertvector(c, vf8);
-    }
-    memcpy(a->dg + at * P->Dk, w->vec, (size_t)P->Dk * sizeof(float));
+  int64_t last = (b * P->T + t0 + L - 1) * P->H + h;
+  if (P->gate == GATE_KEY) {
+    sn_vec->acc_scan(w->carry, a->dg + last * P->Dk, -P->H * P->Dk, w->X + (L - 1) * Kp, -Kp, L, P->Dk);
+    return;
   }
+  for (int r = L - 1; r >= 0; r--) a->dg[last - (L - 1 - r) * P->H] = (float)(w->carry[0] += sn_vec->sum(w->X + r * Kp, Kp));
 }
 
 /* The terms that do not depend on the gates, held out of dQ and dK until dg is taken: the

@@ -75,6 +75,11 @@ typedef struct sn_vec_ops {
    * x + r*rstride): acc[j] += x[j] + ... in row order, in double; several rows per call
    * keep acc in registers and several prefetch streams going. */
   void (*acc_add)(double *acc, const float *x, int64_t rstride, int64_t rows, int64_t n);
+  /* Running sum in double, row by row: acc[j] += x[r*xstride + j], then y[r*ystride + j] =
+   * (float)acc[j], for r < rows and j < n. Negative strides run from the last row (pass
+   * pointers at it): the gate sums of the linear-attention kernels, forward and reverse. */
+  void (*acc_scan)(double *acc, float *y, int64_t ystride, const float *x, int64_t xstride, int64_t rows,
+                   int64_t n);
   /* acc[j] += exp(x[j] - m[j]) (in double); m[j] finite wherever the sum is used. */
   void (*acc_sumexp)(double *acc, const float *x, const float *m, int64_t n);
   /* Where x[j] beats best[j] (strictly greater / less, or x[j] is the first NaN):

@@ -362,6 +362,23 @@ static void acc_add(double *acc, const float *x, int64_t rstride, int64_t rows, 
   }
 }
 
+static void acc_scan(double *acc, float *y, int64_t ystride, const float *x, int64_t xstride, int64_t rows,
+                     int64_t n) {
+  for (int64_t j = 0; j < n; j += W) {
+    __m256i k = tail_mask(n - j), k0 = mask_lo64(k), k1 = mask_hi64(k);
+    __m256d lo = _mm256_maskload_pd(acc + j, k0), hi = _mm256_maskload_pd(acc + j + 4, k1);
+    for (int64_t r = 0; r < rows; r++) {
+      __m256 t = _mm256_maskload_ps(x + r * xstride + j, k);
+      lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+      hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+      __m256 out = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+      _mm256_maskstore_ps(y + r * ystride + j, k, out);
+    }
+    _mm256_maskstore_pd(acc + j, k0, lo);
+    _mm256_maskstore_pd(acc + j + 4, k1, hi);
+  }
+}
+
 static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
   for (int64_t j = 0; j < n; j += W) {
     __m256i k = tail_mask(n - j);
@@ -418,6 +435,7 @@ const sn_vec_ops sn_vec_avx2 = {
     .min = min,
     .find = find,
     .acc_add = acc_add,
+    .acc_scan = acc_scan,
     .acc_sumexp = acc_sumexp,
     .acc_argmax = acc_argmax,
     .acc_argmin = acc_argmin,

@@ -340,6 +340,24 @@ static void acc_add(double *acc, const float *x, int64_t rstride, int64_t rows, 
   }
 }
 
+static void acc_scan(double *acc, float *y, int64_t ystride, const float *x, int64_t xstride, int64_t rows,
+                     int64_t n) {
+  for (int64_t j = 0; j < n; j += W) {
+    __mmask16 k = n - j >= W ? (__mmask16)0xFFFF : tail_mask(n - j);
+    __mmask8 k0 = (__mmask8)k, k1 = (__mmask8)(k >> 8);
+    __m512d lo = _mm512_maskz_loadu_pd(k0, acc + j), hi = _mm512_maskz_loadu_pd(k1, acc + j + 8);
+    for (int64_t r = 0; r < rows; r++) {
+      __m512 t = _mm512_maskz_loadu_ps(k, x + r * xstride + j);
+      lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(t)));
+      hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1)));
+      __m512 out = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+      _mm512_mask_storeu_ps(y + r * ystride + j, k, out);
+    }
+    _mm512_mask_storeu_pd(acc + j, k0, lo);
+    _mm512_mask_storeu_pd(acc + j + 8, k1, hi);
+  }
+}
+
 static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
   for (int64_t j = 0; j < n; j += W) {
     __mmask16 k = n - j >= W ? (__mmask16)0xFFFF : tail_mask(n - j);
@@ -400,6 +418,7 @@ const sn_vec_ops sn_vec_avx512 = {
     .min = min,
     .find = find,
     .acc_add = acc_add,
+    .acc_scan = acc_scan,
     .acc_sumexp = acc_sumexp,
     .acc_argmax = acc_argmax,
     .acc_argmin = acc_argmin,

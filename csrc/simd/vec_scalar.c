@@ -106,6 +106,12 @@ static void acc_add(double *acc, const float *x, int64_t rstride, int64_t rows, 
     for (int64_t j = 0; j < n; j++) acc[j] += x[r * rstride + j];
 }
 
+static void acc_scan(double *acc, float *y, int64_t ystride, const float *x, int64_t xstride, int64_t rows,
+                     int64_t n) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < n; j++) y[r * ystride + j] = (float)(acc[j] += x[r * xstride + j]);
+}
+
 static void acc_sumexp(double *acc, const float *x, const float *m, int64_t n) {
   for (int64_t j = 0; j < n; j++) acc[j] += expf(x[j] - m[j]);
 }
@@ -147,6 +153,7 @@ const sn_vec_ops sn_vec_scalar = {
     .min = min,
     .find = find,
     .acc_add = acc_add,
+    .acc_scan = acc_scan,
     .acc_sumexp = acc_sumexp,
     .acc_argmax = acc_argmax,
     .acc_argmin = acc_argmin,
