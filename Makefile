@@ -38,6 +38,7 @@ SN_LIBS    := $(PKG_LIBS) -fopenmp -lm
 # ISA flags go only on the files that are dispatched to at run time.
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c
+VNNI_FLAGS   := $(AVX512_FLAGS) -mavx512vnni
 
 CORE_SRC := $(sort $(wildcard csrc/*.c csrc/simd/*.c csrc/ops/*.c csrc/kernels/*.c csrc/io/*.c))
 LUA_SRC  := $(sort $(wildcard csrc/lua/*.c))
@@ -58,6 +59,10 @@ $(BUILD)/obj/csrc/simd/%_avx2.o: csrc/simd/%_avx2.c $(HEADERS)
 $(BUILD)/obj/csrc/simd/%_avx512.o: csrc/simd/%_avx512.c $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(SN_CFLAGS) $(AVX512_FLAGS) -c $< -o $@
+
+$(BUILD)/obj/csrc/simd/%_vnni.o: csrc/simd/%_vnni.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SN_CFLAGS) $(VNNI_FLAGS) -c $< -o $@
 
 $(BUILD)/obj/csrc/lua/%.o: csrc/lua/%.c $(HEADERS)
 	@mkdir -p $(@D)

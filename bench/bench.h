@@ -49,5 +49,7 @@ void bench_nn(void);
 void bench_attention(void);
 void bench_scan(void);
 void bench_linear_attention(void);
+void bench_block_sparse(void);
+void bench_sparse_lowp(void);
 
 #endif

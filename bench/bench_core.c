@@ -181,6 +181,8 @@ static const struct {
     {"attention", bench_attention},
     {"scan", bench_scan},
     {"linear_attention", bench_linear_attention},
+    {"block_sparse", bench_block_sparse},
+    {"sparse_lowp", bench_sparse_lowp},
 };
 
 int main(int argc, char **argv) {

@@ -577,4 +577,63 @@ sn_status sn_delta_rule_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor
 sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const sn_tensor *q, const sn_tensor *k,
                              const sn_tensor *v, const sn_tensor *beta, const sn_linattn_opts *opts);
 
+/* ---- block-sparse matmul (kernels/block_sparse.c, kernels/sparse24.c, kernels/sparse_int8.c)
+ * A sparse weight W (M outputs x K inputs), used as Linear's y = x W^T + b.
+ * BSR with one block shape (ro x ri) per matrix, M % ro == 0, K % ri == 0:
+ *   browptr i64 (M/ro + 1): block-row r holds blocks [browptr[r], browptr[r+1]),
+ *                           browptr[0] = 0, non-decreasing, browptr[M/ro] = nnzb;
+ *   bcol    i64 (nnzb):     input-block index jb (inputs ri*jb .. ri*jb+ri-1), strictly
+ *                           ascending within a block-row;
+ *   values  f32 (nnzb, ro, ri): each block row-major.
+ * Every kernel checks the index in O(M/ro + nnzb) and fails with SN_EINVAL naming the first
+ * bad entry: a corrupt checkpoint can never make it read or write out of bounds. nnzb may
+ * be 0 (y = bias). x, dy: f32 (N, K) / (N, M) views with a unit-stride last dim; the outputs
+ * contiguous and overwritten.
+ * mask: m (M/ro, K/ri) f32, 1 for the round((1 - sparsity) * nblocks) blocks of largest
+ *   L2 norm (ties: the lower row-major index wins), 0 elsewhere; 0 <= sparsity <= 1.
+ * pack: values/browptr/bcol allocated by the caller for nnzb = the mask's count of nonzeros;
+ *   fills them from w (M,K) at the mask's nonzero blocks. to_dense: the inverse (zeros
+ *   elsewhere).
+ * matmul: y (N,M) = x W^T + bias (bias (M) or NULL).
+ * matmul_bwd: dx (N,K) = dy W; dvalues (nnzb,ro,ri) = (dy^T x) at the stored blocks only
+ *   (SDDMM, dy^T x never formed); dbias (M) = sum of dy over rows. Any output may be NULL
+ *   (skipped); reductions in a fixed order: the same bits for any thread count. */
+sn_status sn_bsr_mask(sn_ctx *ctx, sn_tensor *mask, const sn_tensor *w, int64_t ro, int64_t ri, double sparsity);
+sn_status sn_bsr_pack(sn_ctx *ctx, sn_tensor *values, sn_tensor *browptr, sn_tensor *bcol, const sn_tensor *w,
+                      const sn_tensor *mask);
+sn_status sn_bsr_to_dense(sn_ctx *ctx, sn_tensor *w, const sn_tensor *values, const sn_tensor *browptr,
+                          const sn_tensor *bcol);
+sn_status sn_bsr_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const sn_tensor *values,
+                        const sn_tensor *browptr, const sn_tensor *bcol, const sn_tensor *bias);
+sn_status sn_bsr_matmul_bwd(sn_ctx *ctx, sn_tensor *dx, sn_tensor *dvalues, sn_tensor *dbias, const sn_tensor *dy,
+                            const sn_tensor *x, const sn_tensor *values, const sn_tensor *browptr,
+                            const sn_tensor *bcol);
+
+/* 2:4 semi-structured: in every group of 4 consecutive inputs of a row at most 2 weights
+ * are nonzero. K % 4 == 0. values f32 (M, K/2): the group's two kept weights, lower
+ * position first; idx i64 (M, ceil(K/64)): 16 groups per word, group g's 4-bit code at
+ * bits 4(g%16) .. 4(g%16)+3 of word g/16, p0 | p1 << 2 with p0 < p1 (positions in 0..3);
+ * unused bits zero. from_dense keeps the 2 largest |w| of each group (ties: lower
+ * position); kernels check every code (p0 < p1) and fail with SN_EINVAL on a bad one.
+ * matmul: y (N,M) = x W^T + bias, inference only (training uses a dense product with the
+ * mask applied). */
+sn_status sn_sparse24_from_dense(sn_ctx *ctx, sn_tensor *values, sn_tensor *idx, const sn_tensor *w);
+sn_status sn_sparse24_to_dense(sn_ctx *ctx, sn_tensor *w, const sn_tensor *values, const sn_tensor *idx);
+sn_status sn_sparse24_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const sn_tensor *values,
+                             const sn_tensor *idx, const sn_tensor *bias);
+
+/* int8 inference on a BSR weight: sn_bsr_i8_new quantizes it (symmetric s8, one scale per
+ * output row) into an opaque, immutable layout for the kernel (AVX-512 VNNI where the CPU
+ * has it, portable code otherwise); K is the dense input count. sn_bsr_i8_matmul quantizes
+ * each row of x on the fly (one scale per token) and computes y (N,M) = x W^T + bias in
+ * int32, rescaled to f32. The object is not counted in ctx->live_bytes; _bytes tells its
+ * size. */
+typedef struct sn_bsr_i8 sn_bsr_i8;
+sn_status sn_bsr_i8_new(sn_ctx *ctx, sn_bsr_i8 **out, const sn_tensor *values, const sn_tensor *browptr,
+                        const sn_tensor *bcol, int64_t K);
+void sn_bsr_i8_free(sn_bsr_i8 *w);
+int64_t sn_bsr_i8_bytes(const sn_bsr_i8 *w);
+sn_status sn_bsr_i8_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const sn_bsr_i8 *w,
+                           const sn_tensor *bias);
+
 #endif /* SEQNN_H */

@@ -74,5 +74,8 @@ void sn_lua_open_scan(lua_State *L);
 void sn_lua_open_conv1d(lua_State *L);
 /* Registers core.k_gated_linear_attention_* and core.k_delta_rule_* (llinear_attention.c). */
 void sn_lua_open_linear_attention(lua_State *L);
+/* lsparse.c: BSR block-sparse kernels; lsparse_lowp.c: 2:4 and int8 BSR. */
+void sn_lua_open_sparse(lua_State *L);
+void sn_lua_open_sparse_lowp(lua_State *L);
 
 #endif

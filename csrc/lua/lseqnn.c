@@ -147,6 +147,8 @@ int luaopen_seqnn_core(lua_State *L) {
   sn_lua_open_scan(L);
   sn_lua_open_conv1d(L);
   sn_lua_open_linear_attention(L);
+  sn_lua_open_sparse(L);
+  sn_lua_open_sparse_lowp(L);
   lua_pop(L, 2);
 
   lua_pushvalue(L, module);
