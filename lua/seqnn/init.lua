@@ -23,7 +23,7 @@ local lazy = {
   repl = "seqnn.repl", class = "seqnn.class", data = "seqnn.data", F = "seqnn.F",
   nn = "seqnn.nn", optim = "seqnn.optim", train = "seqnn.train", models = "seqnn.models",
   generate = "seqnn.generate", -- a function: sn.generate(model, prompt, opts)
-  cli = "seqnn.cli",
+  cli = "seqnn.cli", sparse = "seqnn.sparse",
 }
 
 return setmetatable(sn, {

@@ -11,12 +11,14 @@
 --   sn.nn.RetNet(d, heads)  sn.nn.GLA(d, heads)  sn.nn.Liger(d, heads [, {window}])
 --   sn.nn.Mamba2(d_model [, {d_state = 64, headdim = 64, ...}])  sn.nn.DeltaNet(d, heads [, {d_conv = 4}])
 --   sn.nn.TransformerBlock(d, heads [, {mlp, norm, mixer, ...}])
+--   sn.nn.SparseLinear(in, out [, {sparsity = 0.9, block = {4, 4}} | {pattern = "2:4"}])
+--   sn.nn.MaskedLinear(linear, mask [, decay])   (made by sn.sparse.prune)
 --   sn.nn.KVCache(batch, kv_heads, max_len, head_dim)   (decoding state, not a Module)
 local nn = {}
 for _, name in ipairs({ "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
                         "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU", "KVCache",
                         "MultiheadAttention", "Mamba", "LinearAttention", "DiagAttention", "RetNet", "GLA",
-                        "Liger", "Mamba2", "DeltaNet", "TransformerBlock" }) do
+                        "Liger", "Mamba2", "DeltaNet", "TransformerBlock", "MaskedLinear", "SparseLinear" }) do
   nn[name] = require("seqnn.nn." .. name)
 end
 return nn
