@@ -7,6 +7,7 @@
 #   make install    core.so -> $(LIBDIR)/seqnn, lua/seqnn -> $(LUADIR)/seqnn, REPL -> $(BINDIR)
 #   make lint       cppcheck over csrc/
 #   make fuzz       libFuzzer over the safetensors parser for FUZZ_SECONDS (needs clang)
+#   make MPI=0      no build/seqnn/mpi.so (sn.dist); the default is MPI=1 where mpicc exists
 #
 # luarocks passes CFLAGS, LIBFLAG, LUA_INCDIR, LIBDIR, LUADIR and BINDIR (rocks/*.rockspec).
 
@@ -20,6 +21,13 @@ PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib/lua/5.4
 LUADIR     ?= $(PREFIX)/share/lua/5.4
 BINDIR     ?= $(PREFIX)/bin
+
+# sn.dist's collectives live in their own module, build/seqnn/mpi.so, built with mpicc and
+# linked against MPI only, so core.so never depends on MPI (see csrc/mpi/lmpi.c).
+MPICC      ?= mpicc
+MPI        ?= $(if $(shell command -v $(MPICC) 2>/dev/null),1,0)
+MPI_SO     := $(if $(filter 1,$(MPI)),$(BUILD)/seqnn/mpi.so)
+MPI_BENCH  := $(if $(filter 1,$(MPI)),$(BUILD)/bench/mpi_allreduce)
 
 # OpenBLAS's OpenMP build shares our OpenMP thread pool. With the default pthread build,
 # its spinning threads and OpenMP's fought over the cores: a 2-thread training step ran
@@ -50,7 +58,7 @@ CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 LUA_OBJ  := $(LUA_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all test test-c test-lua asan fuzz bench install lint clean
-all: $(BUILD)/seqnn/core.so $(BUILD)/libseqnn.a
+all: $(BUILD)/seqnn/core.so $(BUILD)/libseqnn.a $(MPI_SO)
 
 $(BUILD)/obj/csrc/simd/%_avx2.o: csrc/simd/%_avx2.c $(HEADERS)
 	@mkdir -p $(@D)
@@ -81,6 +89,16 @@ $(BUILD)/libseqnn.a: $(CORE_OBJ)
 $(BUILD)/seqnn/core.so: $(CORE_OBJ) $(LUA_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LIBFLAG) -Wl,-z,nodelete -o $@ $^ $(SN_LIBS)
+
+# Includes seqnn.h for the sn_tensor struct only; links MPI, never core.so or liblua.
+$(BUILD)/seqnn/mpi.so: csrc/mpi/lmpi.c csrc/seqnn.h
+	@mkdir -p $(@D)
+	$(MPICC) $(CFLAGS) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -Wall -Wextra -Wno-unused-parameter \
+	  $(if $(CI),-Werror) -Icsrc -I$(LUA_INCDIR) $(LIBFLAG) -o $@ $<
+
+$(BUILD)/bench/mpi_allreduce: bench/mpi_allreduce.c
+	@mkdir -p $(@D)
+	$(MPICC) $(CFLAGS) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -o $@ $<
 
 $(BUILD)/tests/seqnn_tests: $(TEST_SRC) $(BUILD)/libseqnn.a $(wildcard tests/*.h)
 	@mkdir -p $(@D)
@@ -128,7 +146,7 @@ $(BUILD)/fuzz/fuzz_safetensors: fuzz/fuzz_safetensors.c $(BUILD)/libseqnn.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer $(SN_CFLAGS) -o $@ $< $(BUILD)/libseqnn.a $(SN_LIBS)
 
-bench: all $(BUILD)/bench/seqnn_bench
+bench: all $(BUILD)/bench/seqnn_bench $(MPI_BENCH)
 	@$(BUILD)/bench/seqnn_bench
 	@$(LUA_ENV) $(LUA) bench/bench_lua.lua
 	@$(LUA_ENV) $(LUA) bench/bench_train.lua
@@ -136,10 +154,12 @@ bench: all $(BUILD)/bench/seqnn_bench
 	@$(LUA_ENV) $(LUA) bench/bench_mamba.lua
 	@$(LUA_ENV) $(LUA) bench/bench_linear_attention.lua
 	@$(LUA_ENV) $(LUA) bench/bench_peers.lua
+	@$(LUA_ENV) BUILD=$(BUILD) $(LUA) bench/bench_dist.lua
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/seqnn $(DESTDIR)$(LUADIR)/seqnn $(DESTDIR)$(BINDIR)
 	install -m 755 $(BUILD)/seqnn/core.so $(DESTDIR)$(LIBDIR)/seqnn/core.so
+	$(if $(MPI_SO),install -m 755 $(MPI_SO) $(DESTDIR)$(LIBDIR)/seqnn/mpi.so)
 	cd lua && find seqnn -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(LUADIR)/{} \;
 	install -m 755 bin/seqnn $(DESTDIR)$(BINDIR)/seqnn
 	install -m 755 bin/seqnn-plot $(DESTDIR)$(BINDIR)/seqnn-plot

@@ -6,6 +6,8 @@
 --   lua examples/train.lua --data book.txt --steps 5000 --out runs/book
 --   lua examples/train.lua --resume runs/book/checkpoint.safetensors --steps 8000
 --   lua examples/train.lua --help
+--   mpirun -np 2 lua examples/train.lua --dist   data-parallel over 2 processes (MPI): each
+--                                                rank trains on --batch sequences per step
 --
 -- Writes <out>/checkpoint.safetensors (model, optimizer, RNG, tokenizer, model config) and
 -- <out>/metrics.jsonl; `bin/seqnn-plot <out>/metrics.jsonl` draws the curves and
@@ -21,16 +23,31 @@ local FLAGS = {
   { "lr", "number", nil, "peak learning rate (AdamW, linear warmup, cosine decay to lr/10) [gpt: 0.01, mlp: 0.003]" },
   { "out", "string", "runs/default", "directory for the checkpoint and the metrics log" },
   { "resume", "string", nil, "continue from this checkpoint (model, optimizer, RNG, data)" },
-  { "threads", "integer", nil, "threads (default: all cores)" },
+  { "threads", "integer", nil, "threads (default: all cores; with --dist, the cores / ranks on the host)" },
+  { "dist", "boolean", false, "data-parallel over the ranks of mpirun (sn.dist); --batch is per rank" },
   { "seed", "integer", 1, "random seed" },
   { "eval-every", "integer", 100, "steps between validation runs" },
   { "sample", "integer", 300, "characters to sample at the end (0: none)", 0 },
 }
 
 local opts = sn.cli.parse("examples/train.lua", FLAGS, arg or {})
-if opts.threads then sn.set_num_threads(opts.threads) end
+local rank, world = 0, 1
+if opts.dist then
+  local ok, err = pcall(sn.dist.init)
+  if not ok then io.stderr:write("examples/train.lua: --dist: ", tostring(err), "\n"); os.exit(1) end
+  rank, world = sn.dist.rank(), sn.dist.world_size()
+end
+-- Ranks on one host share its cores: unless told (--threads, OMP_NUM_THREADS), each takes
+-- its share, so two ranks on two cores do not run four threads.
+local local_ranks = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_SIZE") or "") or 1
+if opts.threads then
+  sn.set_num_threads(opts.threads)
+elseif opts.dist and not os.getenv("OMP_NUM_THREADS") then
+  sn.set_num_threads(math.max(1, sn.config().cores // local_ranks))
+end
+local function say(...) if rank == 0 then print(...) end end -- rank 0 alone prints
 sn.manual_seed(opts.seed)
-os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
+if rank == 0 then os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'") end
 
 -- Resuming takes the model and the tokenizer from the checkpoint, so the ids mean the same.
 local resumed, tokenizer = nil, nil
@@ -84,10 +101,11 @@ local optimizer = sn.optim.AdamW(model:parameters(), { lr = opts.lr, weight_deca
 local schedule = sn.optim.schedule.warmup_cosine{ lr = opts.lr, warmup = math.max(1, opts.steps // 20),
                                                   total = opts.steps, min_lr = opts.lr / 10 }
 
-print(("%s | %s, %d threads | %s: %d tokens (train %d, val %d), vocab %d"):format(sn._VERSION,
-  sn.config().simd, sn.get_num_threads(), opts.data or "embedded corpus", ds:num_tokens(),
-  ds:num_tokens("train"), ds:num_tokens("val"), V))
-print(tostring(model))
+say(("%s | %s, %d threads%s | %s: %d tokens (train %d, val %d), vocab %d"):format(sn._VERSION,
+  sn.config().simd, sn.get_num_threads(),
+  opts.dist and (" x %d ranks (%s), global batch %d"):format(world, sn.dist.library(), opts.batch * world) or "",
+  opts.data or "embedded corpus", ds:num_tokens(), ds:num_tokens("train"), ds:num_tokens("val"), V))
+say(tostring(model))
 
 local ckpt = opts.out .. "/checkpoint.safetensors"
 local summary = sn.train.fit{
@@ -95,15 +113,16 @@ local summary = sn.train.fit{
   steps = opts.steps, batch = opts.batch, clip = 1.0,
   eval_every = opts["eval-every"], eval_batches = 20, log_every = math.max(1, opts.steps // 60),
   checkpoint = ckpt, checkpoint_every = math.max(1, opts.steps // 4), meta = meta,
-  log = opts.out .. "/metrics.jsonl", resume = opts.resume,
+  log = opts.out .. "/metrics.jsonl", resume = opts.resume, dist = opts.dist,
 }
 
-print(("validation loss %.4f nats/char (uniform: %.4f) after %d steps; %.1f s here, %.1f s in all, %.0f tokens/s"):format(
+say(("validation loss %.4f nats/char (uniform: %.4f) after %d steps; %.1f s here, %.1f s in all, %.0f tokens/s"):format(
   summary.val_loss or 0 / 0, math.log(V), summary.step, summary.time, summary.total_time, summary.tokens_per_s))
-print(("checkpoint %s; curves: bin/seqnn-plot %s/metrics.jsonl -o %s/loss.png"):format(ckpt, opts.out, opts.out))
+say(("checkpoint %s; curves: bin/seqnn-plot %s/metrics.jsonl -o %s/loss.png"):format(ckpt, opts.out, opts.out))
 
-if opts.sample > 0 then
+if opts.sample > 0 and rank == 0 then
   local prompt = ds.tokenizer:encode(text:match("^[^\n]*") ~= "" and text:sub(1, 1) or "\n")
   local ids = sn.generate(model, prompt:totable(), { max_tokens = opts.sample, temperature = 0.8 })
   print("sample:\n" .. ds.tokenizer:decode(prompt:totable()) .. ds.tokenizer:decode(ids))
 end
+if opts.dist then sn.dist.finalize() end

@@ -3,6 +3,9 @@
 -- variables, then `make install` into the rock's own directories (LIBDIR, LUADIR, BINDIR),
 -- which luarocks deploys to the tree: lib/lua/5.4/seqnn/core.so, share/lua/5.4/seqnn/*.lua,
 -- and bin/seqnn (a Lua script, so luarocks wraps it with the tree's package paths).
+-- Where mpicc exists (Open MPI: apt-get install libopenmpi-dev), the Makefile also builds
+-- and installs lib/lua/5.4/seqnn/mpi.so, the MPI collectives of sn.dist; MPI=0 in the
+-- environment of `luarocks make` (or no mpicc) leaves it out and sn.dist says so when used.
 rockspec_format = "3.0"
 package = "seqnn"
 version = "scm-1"

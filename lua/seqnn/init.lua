@@ -24,6 +24,7 @@ local lazy = {
   nn = "seqnn.nn", optim = "seqnn.optim", train = "seqnn.train", models = "seqnn.models",
   generate = "seqnn.generate", -- a function: sn.generate(model, prompt, opts)
   cli = "seqnn.cli", sparse = "seqnn.sparse",
+  dist = "seqnn.dist", -- loads in any build; MPI (seqnn.mpi) only when a function needs it
 }
 
 return setmetatable(sn, {

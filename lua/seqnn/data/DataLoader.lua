@@ -7,6 +7,15 @@
 -- Its position is three integers, state() = {epoch, cursor, seed} (+ size, to check it is
 -- restored on the same dataset); set_state(s) on a new loader continues with exactly the
 -- batches the old one would have given.
+--
+-- loader:shard(rank, world) (data-parallel training, sn.dist): the ranks walk the same
+-- epoch order in steps of a global batch of world x B samples, and rank r takes the samples
+-- r*B+1 .. (r+1)*B of each, so two ranks with batch B see exactly the rows of one loader
+-- with batch 2B. An epoch's last, partial global batch of `left` samples gives every rank
+-- floor(left / world) of them (equal shares keep the mean of the ranks' means the global
+-- mean; up to world - 1 samples are skipped), or nothing with drop_last. The position
+-- (cursor) counts global samples, so state() is the same on every rank and restores on any
+-- number of ranks.
 local sn = require "seqnn"
 local class = require "seqnn.class"
 local Dataset = require "seqnn.data.Dataset"
@@ -56,20 +65,40 @@ function DataLoader:__init(dataset, opts)
   if shuffle and seed == nil then seed = sn.randint(0, 0x7fffffff, 1)[1] end -- follows sn.manual_seed
   self.dataset, self.size, self.batch_size = dataset, n, B
   self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-  self.epoch, self.cursor = 1, 0 -- cursor: samples of this epoch already given out
+  self.epoch, self.cursor = 1, 0 -- cursor: samples of this epoch already given out (all ranks')
+  self.rank, self.world = 0, 1
 end
 
--- Batches per epoch.
+-- shard(rank, world) -> self: this loader gives rank's share of each global batch (see
+-- above); shard(0, 1) undoes it.
+function DataLoader:shard(rank, world)
+  local fn = "seqnn.data.DataLoader:shard"
+  if math.type(world) ~= "integer" or world < 1 then
+    error(("%s: world must be a positive integer, got %s"):format(fn, tostring(world)), 2)
+  end
+  if math.type(rank) ~= "integer" or rank < 0 or rank >= world then
+    error(("%s: rank must be an integer in 0..%d, got %s"):format(fn, world - 1, tostring(rank)), 2)
+  end
+  if self.size < world then
+    error(("%s: the dataset has %d samples, fewer than the %d ranks"):format(fn, self.size, world), 2)
+  end
+  self.rank, self.world = rank, world
+  return self
+end
+
+-- Batches per epoch (this rank's).
 function DataLoader:len()
-  if self.drop_last then return self.size // self.batch_size end
-  return (self.size + self.batch_size - 1) // self.batch_size
+  local global = self.batch_size * self.world
+  local full, left = self.size // global, self.size % global
+  if self.drop_last then return full end
+  return full + (left >= self.world and 1 or 0)
 end
 
--- The size of the next batch of this epoch, 0 when the epoch is over.
+-- The size of this rank's next batch of this epoch, 0 when the epoch is over.
 local function next_count(self)
   local left = self.size - self.cursor
-  if self.drop_last and left < self.batch_size then return 0 end
-  return math.min(left, self.batch_size)
+  if self.drop_last and left < self.batch_size * self.world then return 0 end
+  return math.min(left // self.world, self.batch_size)
 end
 
 local function start_next_epoch(self)
@@ -86,12 +115,12 @@ end
 
 local function take(self, count)
   local order = self.shuffle and epoch_order(self)
-  local indices = {}
+  local indices, base = {}, self.cursor + self.rank * count
   for k = 1, count do
-    local i = self.cursor + k
+    local i = base + k
     indices[k] = order and order[i] or i
   end
-  self.cursor = self.cursor + count
+  self.cursor = self.cursor + count * self.world
   return self.dataset:collate(indices)
 end
 
@@ -141,8 +170,9 @@ function DataLoader:set_state(s)
 end
 
 function DataLoader:__tostring()
-  return ("seqnn.data.DataLoader(%d samples, batch %d%s%s)"):format(self.size, self.batch_size,
-    self.shuffle and (", shuffle, seed " .. self.seed) or "", self.drop_last and ", drop_last" or "")
+  return ("seqnn.data.DataLoader(%d samples, batch %d%s%s%s)"):format(self.size, self.batch_size,
+    self.shuffle and (", shuffle, seed " .. self.seed) or "", self.drop_last and ", drop_last" or "",
+    self.world > 1 and (", shard %d of %d"):format(self.rank, self.world) or "")
 end
 
 return DataLoader
