@@ -154,6 +154,7 @@ bench: all $(BUILD)/bench/seqnn_bench $(MPI_BENCH)
 	@$(LUA_ENV) $(LUA) bench/bench_mamba.lua
 	@$(LUA_ENV) $(LUA) bench/bench_linear_attention.lua
 	@$(LUA_ENV) $(LUA) bench/bench_peers.lua
+	@$(LUA_ENV) SEQNN_GEMM=blas $(LUA) bench/bench_sparse.lua
 	@$(LUA_ENV) BUILD=$(BUILD) $(LUA) bench/bench_dist.lua
 
 install: all
