@@ -199,6 +199,37 @@ Test(sparse_int8, vnni_and_portable_loops_give_the_same_bits) {
   free_bsr(&b);
 }
 
+/* The same on the packing's edges: K not a multiple of 16 (the VNNI packing's step), x
+ * strided, a partial panel, tokens with inf or NaN inputs, and a bias. */
+Test(sparse_int8, vnni_and_portable_packing_give_the_same_bits) {
+  static const int64_t ks[] = {37, 130};
+  for (size_t c = 0; c < 2; c++) {
+    int64_t K = ks[c], M = 24, N = 70;
+    bsr b = make_bsr(M, K, 4, 1, 7, 13 + (uint32_t)c);
+    sn_bsr_i8 *w = quantize(&b);
+    sn_tensor xo = tu_make(&ctx, 2, (int64_t[]){N, K + 3}, 87, 2.0, 0.1), x;
+    cr_assert_eq(sn_narrow(&ctx, &x, &xo, 1, 2, K), SN_OK, "%s", ctx.err);
+    sn_f32(&xo)[5 * (K + 3) + 2 + K - 1] = NAN;
+    sn_f32(&xo)[66 * (K + 3) + 2] = -INFINITY;
+    sn_tensor bias = tu_make(&ctx, 1, (int64_t[]){M}, 88, 1, 0);
+    sn_tensor y[2] = {tu_empty(&ctx, SN_F32, 2, (int64_t[]){N, M}), tu_empty(&ctx, SN_F32, 2, (int64_t[]){N, M})};
+    int nl = level_count();
+    use_level(nl - 1);
+    cr_assert_eq(sn_bsr_i8_matmul(&ctx, &y[0], &x, w, &bias), SN_OK, "%s", ctx.err);
+    use_level(nl > 1 ? 1 : 0);
+    cr_assert_eq(sn_bsr_i8_matmul(&ctx, &y[1], &x, w, &bias), SN_OK, "%s", ctx.err);
+    restore_level();
+    cr_expect(tu_same_bits(&y[0], &y[1]), "K %lld: %s and %s differ", (long long)K, levels[nl - 1], levels[nl > 1]);
+    for (int64_t n = 0; n < N; n++)
+      cr_expect_eq(isnan(sn_f32(&y[0])[n * M + 1]), n == 5 || n == 66, "K %lld token %lld", (long long)K,
+                   (long long)n);
+    sn_tensor *all[] = {&xo, &x, &bias, &y[0], &y[1]};
+    for (size_t i = 0; i < 5; i++) sn_tensor_release(all[i]);
+    sn_bsr_i8_free(w);
+    free_bsr(&b);
+  }
+}
+
 Test(sparse_int8, results_do_not_depend_on_the_thread_count) {
   bsr b = make_bsr(200, 96, 4, 1, 5, 11);
   sn_bsr_i8 *w = quantize(&b);

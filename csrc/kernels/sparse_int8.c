@@ -218,7 +218,50 @@ static void quant_portable(uint8_t *dst, const float *x, int64_t n, float inv) {
   for (int64_t i = 0; i < n; i++) dst[i] = (uint8_t)(q8(x[i], inv) + 128);
 }
 
-const sn_i8_ops sn_i8_portable = {"portable", panel_portable, quant_portable, decode_portable};
+/* Quantize along x's rows, 64 inputs at a time, then transpose into the panel. */
+static void pack_portable(uint8_t *xt, const float *x, int64_t xs, int cnt, int64_t K, const float *inv,
+                          const unsigned char *bad) {
+  uint8_t tmp[I8_PANEL][64];
+  int pos[I8_PANEL];
+  for (int t = 0; t < I8_PANEL; t++) pos[t] = i8_pos(t);
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {
+    const int64_t k1 = k0 + 64 < K ? k0 + 64 : K;
+    for (int t = 0; t < I8_PANEL; t++) {
+      if (t >= cnt || bad[t]) memset(tmp[t], 128, 64);
+      else quant_portable(tmp[t], x + t * xs + k0, k1 - k0, inv[t]);
+    }
+    for (int64_t k = k0; k < k1; k++)
+      for (int t = 0; t < I8_PANEL; t++) xt[k * I8_PANEL + pos[t]] = tmp[t][k - k0];
+  }
+}
+
+/* 16 lanes of max and finiteness, a loop the compiler vectorizes, then across the lanes. */
+static int absmax_portable(const float *x, int64_t n, float *mx) {
+  float m = 0.0f, m16[16] = {0};
+  int ok16[16], finite = 1;
+  for (int l = 0; l < 16; l++) ok16[l] = 1;
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    for (int l = 0; l < 16; l++) {
+      float v = fabsf(x[k + l]);
+      ok16[l] &= v <= 3.40282347e38f;
+      m16[l] = v > m16[l] ? v : m16[l];
+    }
+  for (; k < n; k++) {
+    float v = fabsf(x[k]);
+    ok16[0] &= v <= 3.40282347e38f;
+    m16[0] = v > m16[0] ? v : m16[0];
+  }
+  for (int l = 0; l < 16; l++) {
+    finite &= ok16[l];
+    m = m16[l] > m ? m16[l] : m;
+  }
+  *mx = m;
+  return finite;
+}
+
+const sn_i8_ops sn_i8_portable = {"portable", panel_portable, quant_portable, absmax_portable, pack_portable,
+                                  decode_portable};
 
 /* ---- product ------------------------------------------------------------------------------- */
 
@@ -234,30 +277,11 @@ void sn_i8_store(const i8_out *o, const struct sn_bsr_i8 *w, int64_t q, const in
 }
 
 /* A token's scale: sx = max|x| / 127 and inv = 127 / max|x| (0 below I8_TINY); *bad when an
- * input is inf or NaN (then sx = NaN, inv = 0). 16 lanes of max and finiteness, a loop the
- * compiler vectorizes, then across the lanes. */
-static void token_scale(const float *xr, int64_t K, float *sx, float *inv, unsigned char *bad) {
-  float mx = 0.0f, m16[16] = {0};
-  int ok16[16], finite = 1;
-  for (int l = 0; l < 16; l++) ok16[l] = 1;
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16)
-    for (int l = 0; l < 16; l++) {
-      float v = fabsf(xr[k + l]);
-      ok16[l] &= v <= 3.40282347e38f;
-      m16[l] = v > m16[l] ? v : m16[l];
-    }
-  for (; k < K; k++) {
-    float v = fabsf(xr[k]);
-    ok16[0] &= v <= 3.40282347e38f;
-    m16[0] = v > m16[0] ? v : m16[0];
-  }
-  for (int l = 0; l < 16; l++) {
-    finite &= ok16[l];
-    mx = m16[l] > mx ? m16[l] : mx;
-  }
-  *bad = !finite;
-  if (finite) scale_of(mx, sx, inv);
+ * input is inf or NaN (then sx = NaN, inv = 0). */
+static void token_scale(const sn_i8_ops *ops, const float *xr, int64_t K, float *sx, float *inv, unsigned char *bad) {
+  float mx;
+  *bad = !ops->absmax(xr, K, &mx);
+  if (!*bad) scale_of(mx, sx, inv);
   else *sx = NAN, *inv = 0.0f;
 }
 
@@ -294,7 +318,7 @@ sn_status sn_bsr_i8_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const 
 
   if (decode) {
     for (int64_t n = 0; n < N; n++) {
-      token_scale(px + n * xs, K, &sx[n], &inv[n], &bad[n]);
+      token_scale(ops, px + n * xs, K, &sx[n], &inv[n], &bad[n]);
       if (bad[n]) memset(xq + n * K, 128, (size_t)K);
       else ops->quant(xq + n * K, px + n * xs, K, inv[n]);
     }
@@ -320,24 +344,12 @@ sn_status sn_bsr_i8_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const 
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < np; p++) {
       const int64_t n0 = (p0 + p) * I8_PANEL;
-      uint8_t *xt = xq + p * panel_bytes, tmp[I8_PANEL][64];
-      int pos[I8_PANEL];
+      const int cnt = N - n0 < I8_PANEL ? (int)(N - n0) : I8_PANEL;
       for (int t = 0; t < I8_PANEL; t++) {
-        pos[t] = i8_pos(t);
-        if (n0 + t < N) token_scale(px + (n0 + t) * xs, K, &sx[n0 + t], &inv[n0 + t], &bad[n0 + t]);
+        if (t < cnt) token_scale(ops, px + (n0 + t) * xs, K, &sx[n0 + t], &inv[n0 + t], &bad[n0 + t]);
         else sx[n0 + t] = inv[n0 + t] = 0.0f, bad[n0 + t] = 0;
       }
-      for (int64_t k0 = 0; k0 < K; k0 += 64) {
-        const int64_t k1 = k0 + 64 < K ? k0 + 64 : K;
-        /* Quantize along x's rows (vectorized), then transpose into the panel. */
-        for (int t = 0; t < I8_PANEL; t++) {
-          int64_t n = n0 + t;
-          if (n >= N || bad[n]) memset(tmp[t], 128, 64);
-          else ops->quant(tmp[t], px + n * xs + k0, k1 - k0, inv[n]);
-        }
-        for (int64_t k = k0; k < k1; k++)
-          for (int t = 0; t < I8_PANEL; t++) xt[k * I8_PANEL + pos[t]] = tmp[t][k - k0];
-      }
+      ops->pack(xq + p * panel_bytes, px + n0 * xs, xs, cnt, K, inv + n0, bad + n0);
     }
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < np * nqb; task++) {
@@ -348,8 +360,13 @@ sn_status sn_bsr_i8_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const 
       float buf[I8_PANEL * 4 * I8_QB] __attribute__((aligned(64)));
       const i8_out o = {.y = buf, .ldy = 4 * I8_QB, .m0 = m0, .M = M, .cnt = cnt, .sx = sx + n0, .bias = pb};
       for (int64_t q = q0; q < q0 + I8_QB && q < Mq; q++) ops->panel(w, q, xq + p * panel_bytes, &o);
-      for (int64_t i = 0; i < cnt; i++)
-        memcpy(py + (n0 + i) * M + m0, buf + i * 4 * I8_QB, (size_t)(m1 - m0) * sizeof(float));
+      /* A constant size lets the compiler inline the copy (no libc call per 128-byte row). */
+      if (m1 - m0 == 4 * I8_QB)
+        for (int64_t i = 0; i < cnt; i++)
+          memcpy(py + (n0 + i) * M + m0, buf + i * 4 * I8_QB, sizeof(float) * 4 * I8_QB);
+      else
+        for (int64_t i = 0; i < cnt; i++)
+          memcpy(py + (n0 + i) * M + m0, buf + i * 4 * I8_QB, (size_t)(m1 - m0) * sizeof(float));
     }
   }
   return SN_OK;

@@ -60,6 +60,12 @@ typedef struct sn_i8_ops {
   void (*panel)(const struct sn_bsr_i8 *w, int64_t q, const uint8_t *xt, const i8_out *o);
   /* dst[i] = q8(x[i], inv) + 128 for i < n (x finite; q8 in sparse_int8.c). */
   void (*quant)(uint8_t *dst, const float *x, int64_t n, float inv);
+  /* max |x[i]| over i < n into *mx; returns whether every x[i] is finite (*mx is then exact). */
+  int (*absmax)(const float *x, int64_t n, float *mx);
+  /* A panel's K rows into xt: row k holds q8(x[t, k], inv[t]) + 128 of token t at i8_pos(t),
+   * 128 for t >= cnt or bad[t]; token t's inputs at x + t * xs. */
+  void (*pack)(uint8_t *xt, const float *x, int64_t xs, int cnt, int64_t K, const float *inv,
+               const unsigned char *bad);
   /* out[r * n + i] = the same for n <= I8_DECODE_MAX tokens, token i's u8 row at xu + i * xs. */
   void (*decode)(int32_t *out, const struct sn_bsr_i8 *w, int64_t q, const uint8_t *xu, int64_t xs, int n);
 } sn_i8_ops;
