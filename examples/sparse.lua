@@ -2,7 +2,7 @@
 -- block sparsity, fine-tuned sparse (adaptive sparse training: masks re-selected, SR-STE,
 -- distillation from the dense model), converted for sparse inference and quantized to
 -- int8. Prints validation loss, weights, FLOPs per token and inference tokens/s of each.
--- About two minutes on 2 cores.
+-- About three minutes on 2 cores.
 --
 --   lua examples/sparse.lua
 --   lua examples/sparse.lua --sparsity 0.9 --block 16x1 --finetune 400
@@ -11,8 +11,8 @@ local sn = require "seqnn"
 
 local PROG = "examples/sparse.lua"
 local FLAGS = {
-  { "steps", "integer", 800, "dense training steps" },
-  { "finetune", "integer", 300, "sparse fine-tuning steps per pruned model" },
+  { "steps", "integer", 300, "dense training steps (the 3 KB corpus: more overfit)" },
+  { "finetune", "integer", 150, "sparse fine-tuning steps per pruned model" },
   { "batch", "integer", 32, "sequences per step" },
   { "seq", "integer", 64, "characters per sequence" },
   { "d", "integer", 128, "model width (the MLP is 4d wide)" },
@@ -35,7 +35,7 @@ end
 sn.manual_seed(opts.seed)
 local ds = sn.data.TextDataset{ text = sn.data.default_corpus(), seq = opts.seq }
 local config = { vocab_size = ds.tokenizer.vocab_size, d = opts.d, layers = opts.layers, heads = 4,
-  context = opts.seq, mlp = "gelu", norm = "rmsnorm", dropout = 0.2 }
+  context = opts.seq, mlp = "gelu", norm = "rmsnorm", dropout = 0.3 }
 local function new_model() return sn.models.LM(config) end
 
 -- The same validation windows for every model.
@@ -168,5 +168,8 @@ print(("%-32s %9s %12s %10s %12s %11s  %s"):format("model", "val loss", "linear 
 for _, r in ipairs(rows) do
   print(("%-32s %9.4f %12d %10d %12d %11.0f  %s"):format(r.name, r.loss, r.linear, r.other, r.flops, r.tps, r.note))
 end
-print(("(tokens/s: inference forwards of %d x %d tokens; the dense model's linear layers run on OpenBLAS, core %s)")
-  :format(opts.batch, opts.seq, sn.config().blas_core or "?"))
+local cfg = sn.config()
+local gemm = cfg.simd == "avx512" and os.getenv("SEQNN_GEMM") ~= "blas" and "seqnn's AVX-512 sgemm"
+  or ("OpenBLAS (core " .. cfg.blas_core .. ")")
+print(("(tokens/s: inference forwards of %d x %d tokens; the dense linear layers run on %s)"):format(opts.batch,
+  opts.seq, gemm))
