@@ -221,17 +221,96 @@ static int grow_bucket(lua_State *L, size_t bytes, const char *fn) {
 
 static MPI_Datatype mpi_type(sn_dtype dt) { return dt == SN_I64 ? MPI_INT64_T : MPI_FLOAT; }
 
-static void reduce_in_place(lua_State *L, void *data, int64_t n, sn_dtype dt, const char *fn) {
-  for (int64_t off = 0; off < n; off += MAX_CHUNK) {
-    int64_t c = n - off < MAX_CHUNK ? n - off : MAX_CHUNK;
-    check_mpi(L, MPI_Allreduce(MPI_IN_PLACE, at(data, off, itemsize(dt)), (int)c, mpi_type(dt), MPI_SUM, S.comm),
-              fn, "MPI_Allreduce");
+/* What a collective does with a tensor of one dtype: alone (at least a bucket's worth, in
+ * place, no copy), or with the small ones packed into S.bucket. */
+typedef struct collective {
+  const char *fn;
+  sn_dtype dt;
+  int64_t cap;  /* elements per bucket */
+  int mean;     /* allreduce: scale by 1/size */
+  int root;     /* broadcast: the root rank */
+  void (*whole)(lua_State *L, const struct collective *c, const item *it);
+  void (*bucket)(lua_State *L, const struct collective *c, const item *items, int first, int last, int64_t used);
+} collective;
+
+static int packed(const collective *c, const item *it) { return it->dt == c->dt && it->n > 0 && it->n < c->cap; }
+
+/* The packed items of [first, last) into S.bucket, in list order. */
+static void pack(const collective *c, const item *items, int first, int last) {
+  size_t isz = itemsize(c->dt);
+  int64_t off = 0;
+  for (int j = first; j < last; j++)
+    if (packed(c, &items[j])) {
+      memcpy(at(S.bucket, off, isz), items[j].data, (size_t)items[j].n * isz);
+      off += items[j].n;
+    }
+}
+
+/* S.bucket back into the packed items of [first, last), times 1/size when c->mean. */
+static void unpack(const collective *c, const item *items, int first, int last) {
+  size_t isz = itemsize(c->dt);
+  float inv = 1.0f / (float)S.size;
+  int64_t off = 0;
+  for (int j = first; j < last; j++) {
+    if (!packed(c, &items[j])) continue;
+    if (c->mean) {
+      const float *src = at(S.bucket, off, isz);
+      float *dst = items[j].data;
+      for (int64_t e = 0; e < items[j].n; e++) dst[e] = src[e] * inv;
+    } else {
+      memcpy(items[j].data, at(S.bucket, off, isz), (size_t)items[j].n * isz);
+    }
+    off += items[j].n;
   }
 }
 
-static void scale(void *data, int64_t n, float s) {
-  float *x = data;
-  for (int64_t i = 0; i < n; i++) x[i] *= s;
+/* Every item of c->dt, in list order: whole() for one of at least cap elements; the smaller
+ * ones gathered into buckets of at most cap elements, bucket() once per full bucket and
+ * once at the end. */
+static void each_bucket(lua_State *L, const collective *c, const item *items, int n) {
+  int first = 0; /* first item of the current bucket */
+  int64_t used = 0;
+  for (int i = 0; i <= n; i++) {
+    int small = i < n && packed(c, &items[i]);
+    if (i < n && items[i].dt == c->dt && items[i].n >= c->cap) c->whole(L, c, &items[i]);
+    /* Flush when the next small tensor does not fit, or at the end of the list. */
+    if ((i == n || (small && used + items[i].n > c->cap)) && used > 0) {
+      grow_bucket(L, (size_t)used * itemsize(c->dt), c->fn);
+      c->bucket(L, c, items, first, i, used);
+      used = 0;
+    }
+    if (used == 0) first = i;
+    if (small) used += items[i].n;
+  }
+}
+
+/* Runs c over the f32 tensors, then the i64 ones, buckets of bucket_bytes. */
+static void run_collective(lua_State *L, collective *c, const item *items, int n, lua_Integer bucket_bytes) {
+  for (int pass = 0; pass < 2; pass++) {
+    c->dt = pass ? SN_I64 : SN_F32;
+    c->cap = (int64_t)bucket_bytes / (int64_t)itemsize(c->dt);
+    if (c->cap > MAX_CHUNK) c->cap = MAX_CHUNK;
+    each_bucket(L, c, items, n);
+  }
+}
+
+static void allreduce_whole(lua_State *L, const collective *c, const item *it) {
+  for (int64_t off = 0; off < it->n; off += MAX_CHUNK) {
+    int64_t k = it->n - off < MAX_CHUNK ? it->n - off : MAX_CHUNK;
+    check_mpi(L, MPI_Allreduce(MPI_IN_PLACE, at(it->data, off, itemsize(c->dt)), (int)k, mpi_type(c->dt), MPI_SUM,
+                               S.comm), c->fn, "MPI_Allreduce");
+  }
+  if (c->mean) {
+    float *x = it->data, inv = 1.0f / (float)S.size;
+    for (int64_t e = 0; e < it->n; e++) x[e] *= inv;
+  }
+}
+
+static void allreduce_bucket(lua_State *L, const collective *c, const item *items, int first, int last, int64_t used) {
+  pack(c, items, first, last);
+  check_mpi(L, MPI_Allreduce(MPI_IN_PLACE, S.bucket, (int)used, mpi_type(c->dt), MPI_SUM, S.comm), c->fn,
+            "MPI_Allreduce");
+  unpack(c, items, first, last);
 }
 
 /* mpi.allreduce(fn, tensors, op, bucket_bytes): tensors of at least bucket_bytes are reduced
@@ -255,53 +334,23 @@ static int l_allreduce(lua_State *L) {
   need_init(L, fn);
   check_agree(L, items, n, fn, mean);
   if (S.size == 1) return 0; /* sum and mean over one rank are the identity */
-  float inv = 1.0f / (float)S.size;
-
-  for (int pass = 0; pass < 2; pass++) {
-    sn_dtype dt = pass ? SN_I64 : SN_F32;
-    size_t isz = itemsize(dt);
-    int64_t cap = (int64_t)bucket_bytes / (int64_t)isz;
-    if (cap > MAX_CHUNK) cap = MAX_CHUNK;
-    int first = 0; /* first item packed in the current bucket */
-    int64_t used = 0;
-    for (int i = 0; i <= n; i++) {
-      int big = i < n && items[i].dt == dt && items[i].n >= cap;
-      int small = i < n && items[i].dt == dt && !big && items[i].n > 0;
-      if (big) {
-        reduce_in_place(L, items[i].data, items[i].n, dt, fn);
-        if (mean) scale(items[i].data, items[i].n, inv);
-      }
-      /* Flush when the next small tensor does not fit, or at the end of the list. */
-      if ((i == n || (small && used + items[i].n > cap)) && used > 0) {
-        grow_bucket(L, (size_t)used * isz, fn);
-        int64_t off = 0;
-        for (int j = first; j < i; j++) {
-          if (items[j].dt != dt || items[j].n >= cap || items[j].n == 0) continue;
-          memcpy(at(S.bucket, off, isz), items[j].data, (size_t)items[j].n * isz);
-          off += items[j].n;
-        }
-        check_mpi(L, MPI_Allreduce(MPI_IN_PLACE, S.bucket, (int)used, mpi_type(dt), MPI_SUM, S.comm), fn,
-                  "MPI_Allreduce");
-        off = 0;
-        for (int j = first; j < i; j++) {
-          if (items[j].dt != dt || items[j].n >= cap || items[j].n == 0) continue;
-          if (mean) {
-            const float *src = at(S.bucket, off, isz);
-            float *dst = items[j].data;
-            for (int64_t e = 0; e < items[j].n; e++) dst[e] = src[e] * inv;
-          } else {
-            memcpy(items[j].data, at(S.bucket, off, isz), (size_t)items[j].n * isz);
-          }
-          off += items[j].n;
-        }
-        used = 0;
-        first = i;
-      }
-      if (used == 0) first = i;
-      if (small) used += items[i].n;
-    }
-  }
+  collective c = {.fn = fn, .mean = mean, .whole = allreduce_whole, .bucket = allreduce_bucket};
+  run_collective(L, &c, items, n, bucket_bytes);
   return 0;
+}
+
+static void broadcast_whole(lua_State *L, const collective *c, const item *it) {
+  for (int64_t off = 0; off < it->n; off += MAX_CHUNK) {
+    int64_t k = it->n - off < MAX_CHUNK ? it->n - off : MAX_CHUNK;
+    check_mpi(L, MPI_Bcast(at(it->data, off, itemsize(c->dt)), (int)k, mpi_type(c->dt), c->root, S.comm), c->fn,
+              "MPI_Bcast");
+  }
+}
+
+static void broadcast_bucket(lua_State *L, const collective *c, const item *items, int first, int last, int64_t used) {
+  if (S.rank == c->root) pack(c, items, first, last);
+  check_mpi(L, MPI_Bcast(S.bucket, (int)used, mpi_type(c->dt), c->root, S.comm), c->fn, "MPI_Bcast");
+  if (S.rank != c->root) unpack(c, items, first, last);
 }
 
 /* mpi.broadcast(fn, tensors, root): root's values into every rank's tensors, in place.
@@ -321,48 +370,8 @@ static int l_broadcast(lua_State *L) {
     fail(L, "%s: root must be a rank in 0..%d, got %lld", fn, S.size - 1, (long long)root);
   check_agree(L, items, n, fn, root);
   if (S.size == 1) return 0;
-  int me = S.rank == root;
-  for (int pass = 0; pass < 2; pass++) {
-    sn_dtype dt = pass ? SN_I64 : SN_F32;
-    size_t isz = itemsize(dt);
-    int64_t cap = (int64_t)bucket_bytes / (int64_t)isz;
-    if (cap > MAX_CHUNK) cap = MAX_CHUNK;
-    int first = 0;
-    int64_t used = 0;
-    for (int i = 0; i <= n; i++) {
-      int big = i < n && items[i].dt == dt && items[i].n >= cap;
-      int small = i < n && items[i].dt == dt && !big && items[i].n > 0;
-      if (big) {
-        for (int64_t off = 0; off < items[i].n; off += MAX_CHUNK) {
-          int64_t c = items[i].n - off < MAX_CHUNK ? items[i].n - off : MAX_CHUNK;
-          check_mpi(L, MPI_Bcast(at(items[i].data, off, isz), (int)c, mpi_type(dt), (int)root, S.comm), fn,
-                    "MPI_Bcast");
-        }
-      }
-      if ((i == n || (small && used + items[i].n > cap)) && used > 0) {
-        grow_bucket(L, (size_t)used * isz, fn);
-        int64_t off = 0;
-        if (me)
-          for (int j = first; j < i; j++) {
-            if (items[j].dt != dt || items[j].n >= cap || items[j].n == 0) continue;
-            memcpy(at(S.bucket, off, isz), items[j].data, (size_t)items[j].n * isz);
-            off += items[j].n;
-          }
-        check_mpi(L, MPI_Bcast(S.bucket, (int)used, mpi_type(dt), (int)root, S.comm), fn, "MPI_Bcast");
-        off = 0;
-        if (!me)
-          for (int j = first; j < i; j++) {
-            if (items[j].dt != dt || items[j].n >= cap || items[j].n == 0) continue;
-            memcpy(items[j].data, at(S.bucket, off, isz), (size_t)items[j].n * isz);
-            off += items[j].n;
-          }
-        used = 0;
-        first = i;
-      }
-      if (used == 0) first = i;
-      if (small) used += items[i].n;
-    }
-  }
+  collective c = {.fn = fn, .root = (int)root, .whole = broadcast_whole, .bucket = broadcast_bucket};
+  run_collective(L, &c, items, n, bucket_bytes);
   return 0;
 }
 
