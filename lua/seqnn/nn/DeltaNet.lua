@@ -17,18 +17,16 @@ local NAME = "seqnn.nn.DeltaNet"
 function DeltaNet:__init(d, heads, opts)
   Module.__init(self)
   opts = opts or {}
-  recurrent.positive(NAME, "d", d)
-  recurrent.positive(NAME, "heads", heads)
-  if d % heads ~= 0 then error(("%s: d = %d is not divisible by heads = %d"):format(NAME, d, heads), 3) end
+  local head_dim = recurrent.heads(NAME, d, heads)
   local W = recurrent.positive(NAME, "d_conv", opts.d_conv or 4)
   if W > 8 then error(("%s: d_conv must be at most 8, got %d"):format(NAME, W), 3) end
-  self.d, self.heads, self.head_dim, self.d_conv = d, heads, d // heads, W
+  self.d, self.heads, self.head_dim, self.d_conv = d, heads, head_dim, W
   self.beta_scale = opts.allow_neg_eigval and 2 or 1
   local bias = opts.bias == true
   self:add_module("qkv", Linear(d, 3 * d, { bias = bias }))
   recurrent.conv_params(self, 3 * d, W)
   self:add_module("beta_proj", Linear(d, heads, { bias = false }))
-  self:add_module("norm", RMSNorm(d // heads))
+  self:add_module("norm", RMSNorm(head_dim))
   self:add_module("proj", Linear(d, d, { bias = bias }))
 end
 

@@ -14,10 +14,8 @@ local NAME = "seqnn.nn.DiagAttention"
 function DiagAttention:__init(d, heads, opts)
   Module.__init(self)
   opts = opts or {}
-  recurrent.positive(NAME, "d", d)
-  recurrent.positive(NAME, "heads", heads)
-  if d % heads ~= 0 then error(("%s: d = %d is not divisible by heads = %d"):format(NAME, d, heads), 3) end
-  self.d, self.heads, self.head_dim = d, heads, d // heads
+  local head_dim = recurrent.heads(NAME, d, heads)
+  self.d, self.heads, self.head_dim = d, heads, head_dim
   self.block = recurrent.positive(NAME, "block", opts.block or 64)
   self:add_module("qkv", Linear(d, 3 * d, { bias = opts.bias == true }))
   self:add_module("proj", Linear(d, d, { bias = opts.bias == true }))

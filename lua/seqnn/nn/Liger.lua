@@ -19,10 +19,8 @@ local NAME = "seqnn.nn.Liger"
 function Liger:__init(d, heads, opts)
   Module.__init(self)
   opts = opts or {}
-  recurrent.positive(NAME, "d", d)
-  recurrent.positive(NAME, "heads", heads)
-  if d % heads ~= 0 then error(("%s: d = %d is not divisible by heads = %d"):format(NAME, d, heads), 3) end
-  self.d, self.heads, self.head_dim = d, heads, d // heads
+  local head_dim = recurrent.heads(NAME, d, heads)
+  self.d, self.heads, self.head_dim = d, heads, head_dim
   self.window = recurrent.positive(NAME, "window", opts.window or 64)
   self.rope, self.rope_base = opts.rope ~= false, opts.rope_base or 10000
   if self.rope and self.head_dim % 2 ~= 0 then

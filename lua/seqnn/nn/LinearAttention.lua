@@ -30,9 +30,7 @@ local normalizations = { denominator = true, output = true, none = true }
 function LinearAttention:__init(d, heads, opts)
   Module.__init(self)
   opts = opts or {}
-  recurrent.positive(NAME, "d", d)
-  recurrent.positive(NAME, "heads", heads)
-  if d % heads ~= 0 then error(("%s: d = %d is not divisible by heads = %d"):format(NAME, d, heads), 3) end
+  local head_dim = recurrent.heads(NAME, d, heads)
   local fmap, norm = opts.feature_map or "elu1", opts.normalize or "denominator"
   if not feature_maps[fmap] then
     error(("%s: feature_map must be 'elu1', 'elu', 'identity' or 'softmax', got %s"):format(NAME, tostring(fmap)), 3)
@@ -40,7 +38,7 @@ function LinearAttention:__init(d, heads, opts)
   if not normalizations[norm] then
     error(("%s: normalize must be 'denominator', 'output' or 'none', got %s"):format(NAME, tostring(norm)), 3)
   end
-  self.d, self.heads, self.head_dim = d, heads, d // heads
+  self.d, self.heads, self.head_dim = d, heads, head_dim
   self.feature_map, self.normalize, self.gated = fmap, norm, opts.gate == true
   local bias = opts.bias == true
   self:add_module("qkv", Linear(d, 3 * d, { bias = bias }))

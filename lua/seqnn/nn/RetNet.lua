@@ -15,11 +15,8 @@ local NAME = "seqnn.nn.RetNet"
 function RetNet:__init(d, heads, opts)
   Module.__init(self)
   opts = opts or {}
-  recurrent.positive(NAME, "d", d)
-  recurrent.positive(NAME, "heads", heads)
+  local Dk = recurrent.heads(NAME, d, heads)
   local expand_v = recurrent.positive(NAME, "expand_v", opts.expand_v or 2)
-  if d % heads ~= 0 then error(("%s: d = %d is not divisible by heads = %d"):format(NAME, d, heads), 3) end
-  local Dk = d // heads
   self.rope = opts.rope ~= false
   if self.rope and Dk % 2 ~= 0 then
     error(("%s: rope needs an even head dim, got d / heads = %d"):format(NAME, Dk), 3)

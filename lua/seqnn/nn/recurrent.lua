@@ -17,6 +17,17 @@ function recurrent.positive(name, what, v)
   return v
 end
 
+-- d and heads positive integers with d divisible by heads; returns the head dim d / heads.
+function recurrent.heads(name, d, heads)
+  for _, arg in ipairs({ { "d", d }, { "heads", heads } }) do
+    if math.type(arg[2]) ~= "integer" or arg[2] < 1 then
+      error(("%s: %s must be a positive integer, got %s"):format(name, arg[1], tostring(arg[2])), 4)
+    end
+  end
+  if d % heads ~= 0 then error(("%s: d = %d is not divisible by heads = %d"):format(name, d, heads), 4) end
+  return d // heads
+end
+
 -- x must be (B,T,d).
 function recurrent.check_input(name, x, d)
   if not sn.core.is_tensor(x) or x:dim() ~= 3 or x:size(3) ~= d then
