@@ -332,11 +332,7 @@ Test(block_sparse, mask_ties_go_to_the_lower_index) {
 
 /* ---- bad input ------------------------------------------------------------------------- */
 
-#define EXPECT_EINVAL(call, want)                                                                  \
-  do {                                                                                             \
-    cr_expect_eq((call), SN_EINVAL, "%s", #call);                                                  \
-    cr_expect(strstr(ctx.err, (want)) != NULL, "wanted \"%s\", message was: %s", (want), ctx.err); \
-  } while (0)
+#define EXPECT_EINVAL(call, want) TU_EXPECT_EINVAL_HAS(call, want)
 
 /* Copies of a valid index with one entry changed. */
 static sn_tensor with(const sn_tensor *t, int64_t i, int64_t v) {

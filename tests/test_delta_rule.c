@@ -472,11 +472,7 @@ Test(delta_rule, empty_sequence_passes_the_state_through) {
 }
 
 /* A call that must fail with SN_EINVAL and exactly this message. */
-#define EXPECT_EINVAL(call, msg)                               \
-  do {                                                         \
-    cr_expect_eq((call), SN_EINVAL, "%s", #call);              \
-    cr_expect_str_eq(ctx.err, "seqnn.F.delta_rule: " msg);     \
-  } while (0)
+#define EXPECT_EINVAL(call, msg) TU_EXPECT_EINVAL_MSG(call, "seqnn.F.delta_rule: " msg)
 
 Test(delta_rule, rejects_bad_input) {
   cfg c = {2, 16, 3, 8, 12, true, true, 1};

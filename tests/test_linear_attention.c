@@ -587,11 +587,7 @@ Test(linear_attention, positive_gates_name_the_first_one) {
 }
 
 /* A call that must fail with SN_EINVAL and exactly this message. */
-#define EXPECT_EINVAL(call, msg)                                              \
-  do {                                                                        \
-    cr_expect_eq((call), SN_EINVAL, "%s", #call);                             \
-    cr_expect_str_eq(ctx.err, "seqnn.F.gated_linear_attention: " msg);       \
-  } while (0)
+#define EXPECT_EINVAL(call, msg) TU_EXPECT_EINVAL_MSG(call, "seqnn.F.gated_linear_attention: " msg)
 
 Test(linear_attention, rejects_bad_input) {
   cfg c = {2, 16, 3, 8, 5, KEY_GATE, true, true, false};

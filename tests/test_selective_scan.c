@@ -459,11 +459,7 @@ Test(selective_scan, empty_sequence_passes_the_state_through) {
 }
 
 /* A call that must fail with SN_EINVAL and exactly this message. */
-#define EXPECT_EINVAL(call, msg)                                   \
-  do {                                                             \
-    cr_expect_eq((call), SN_EINVAL, "%s", #call);                  \
-    cr_expect_str_eq(ctx.err, "seqnn.F.selective_scan: " msg);    \
-  } while (0)
+#define EXPECT_EINVAL(call, msg) TU_EXPECT_EINVAL_MSG(call, "seqnn.F.selective_scan: " msg)
 
 Test(selective_scan, rejects_bad_input) {
   cfg c = {2, 16, 32, 8, true, true, true, true, true, true};

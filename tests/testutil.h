@@ -102,4 +102,18 @@ static inline bool tu_same_bits(const sn_tensor *a, const sn_tensor *b) {
   return sn_numel(a) == sn_numel(b) && memcmp(sn_f32(a), sn_f32(b), (size_t)sn_numel(a) * sizeof(float)) == 0;
 }
 
+/* call (on the suite's ctx) must fail with SN_EINVAL and leave exactly msg in ctx.err. */
+#define TU_EXPECT_EINVAL_MSG(call, msg)            \
+  do {                                             \
+    cr_expect_eq((call), SN_EINVAL, "%s", #call); \
+    cr_expect_str_eq(ctx.err, (msg));              \
+  } while (0)
+
+/* call (on the suite's ctx) must fail with SN_EINVAL and a message that contains want. */
+#define TU_EXPECT_EINVAL_HAS(call, want)                                                        \
+  do {                                                                                          \
+    cr_expect_eq((call), SN_EINVAL, "%s", #call);                                              \
+    cr_expect(strstr(ctx.err, (want)) != NULL, "wanted \"%s\", message was: %s", (want), ctx.err); \
+  } while (0)
+
 #endif
