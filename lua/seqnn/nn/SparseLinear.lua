@@ -16,55 +16,63 @@ local NAME = "seqnn.nn.SparseLinear"
 -- A new layer draws W as Linear does, then prunes it by magnitude. State: values (the kept
 -- weights), browptr and bcol (BSR, i64) or idx (2:4), bias; a layer made with the same
 -- arguments loads a checkpoint of another. :quantize() switches to int8 inference.
-function SparseLinear:__init(in_features, out_features, opts)
-  Module.__init(self)
+-- The constructor's arguments checked: the parsed options, or nil and what is wrong.
+local function options(in_features, out_features, opts)
   for _, arg in ipairs({ { "in_features", in_features }, { "out_features", out_features } }) do
     if math.type(arg[2]) ~= "integer" or arg[2] < 1 then
-      error(("%s: %s must be a positive integer, got %s"):format(NAME, arg[1], tostring(arg[2])), 3)
+      return nil, ("%s must be a positive integer, got %s"):format(arg[1], tostring(arg[2]))
     end
   end
   opts = opts or {}
-  if type(opts) ~= "table" then error(("%s: opts must be a table, got %s"):format(NAME, type(opts)), 3) end
-  local bound = 1 / math.sqrt(in_features)
-  local weight = opts._weight or sn.rand(out_features, in_features) * (2 * bound) - bound
-  self.in_features, self.out_features = in_features, out_features
+  if type(opts) ~= "table" then return nil, ("opts must be a table, got %s"):format(type(opts)) end
   if opts.pattern ~= nil then
-    if opts.pattern ~= "2:4" then
-      error(("%s: pattern must be \"2:4\", got %s"):format(NAME, tostring(opts.pattern)), 3)
-    end
+    if opts.pattern ~= "2:4" then return nil, ("pattern must be \"2:4\", got %s"):format(tostring(opts.pattern)) end
     if opts.sparsity ~= nil or opts.block ~= nil then
-      error(("%s: pattern = \"2:4\" fixes the sparsity; leave sparsity and block out"):format(NAME), 3)
+      return nil, "pattern = \"2:4\" fixes the sparsity; leave sparsity and block out"
     end
-    if in_features % 4 ~= 0 then
-      error(("%s: 2:4 needs in_features divisible by 4, got %d"):format(NAME, in_features), 3)
-    end
-    self.pattern = "2:4"
+    if in_features % 4 ~= 0 then return nil, ("2:4 needs in_features divisible by 4, got %d"):format(in_features) end
+    return { pattern = "2:4", bias = opts.bias ~= false }
+  end
+  local sparsity, block = opts.sparsity or 0.9, opts.block or { 4, 4 }
+  if type(sparsity) ~= "number" or not (sparsity >= 0 and sparsity <= 1) then
+    return nil, ("sparsity must be a number in [0, 1], got %s"):format(tostring(sparsity))
+  end
+  local ro, ri = type(block) == "table" and block[1], type(block) == "table" and block[2]
+  if math.type(ro) ~= "integer" or math.type(ri) ~= "integer" or ro < 1 or ri < 1 then
+    return nil, ("block must be {rows, cols} of positive integers, got %s"):format(tostring(block))
+  end
+  if out_features % ro ~= 0 or in_features % ri ~= 0 then
+    return nil, ("block %dx%d must divide the weight %dx%d (out x in)"):format(ro, ri, out_features, in_features)
+  end
+  return { pattern = "bsr", sparsity = sparsity, block = { ro, ri }, bias = opts.bias ~= false }
+end
+
+-- Fills a layer from weight (out, in) and bias (or nil), keeping by magnitude, or for BSR
+-- the blocks of block_mask when given.
+local function build(self, o, weight, bias, block_mask)
+  Module.__init(self)
+  self.out_features, self.in_features, self.pattern = weight:size(1), weight:size(2), o.pattern
+  if o.pattern == "2:4" then
     local values, idx = core.k_sparse24_from_dense(weight)
     self:buffer("values", values)
     self:buffer("idx", idx)
   else
-    local sparsity, block = opts.sparsity or 0.9, opts.block or { 4, 4 }
-    if type(sparsity) ~= "number" or not (sparsity >= 0 and sparsity <= 1) then
-      error(("%s: sparsity must be a number in [0, 1], got %s"):format(NAME, tostring(sparsity)), 3)
-    end
-    local ro, ri = type(block) == "table" and block[1], type(block) == "table" and block[2]
-    if math.type(ro) ~= "integer" or math.type(ri) ~= "integer" or ro < 1 or ri < 1 then
-      error(("%s: block must be {rows, cols} of positive integers, got %s"):format(NAME, tostring(block)), 3)
-    end
-    if out_features % ro ~= 0 or in_features % ri ~= 0 then
-      error(("%s: block %dx%d must divide the weight %dx%d (out x in)"):format(NAME, ro, ri, out_features,
-        in_features), 3)
-    end
-    self.pattern, self.block, self.sparsity = "bsr", { ro, ri }, sparsity
-    local mask = opts._block_mask or core.k_bsr_mask(weight, ro, ri, sparsity)
-    local values, browptr, bcol = core.k_bsr_pack(weight, mask)
+    self.block, self.sparsity = o.block, o.sparsity
+    local values, browptr, bcol = core.k_bsr_pack(weight,
+      block_mask or core.k_bsr_mask(weight, o.block[1], o.block[2], o.sparsity))
     self:parameter("values", values)
     self:buffer("browptr", browptr)
     self:buffer("bcol", bcol)
   end
-  if opts.bias ~= false then
-    self:parameter("bias", opts._bias or sn.rand(out_features) * (2 * bound) - bound)
-  end
+  if bias then self:parameter("bias", bias) end
+end
+
+function SparseLinear:__init(in_features, out_features, opts)
+  local o, err = options(in_features, out_features, opts)
+  if not o then error(("%s: %s"):format(NAME, err), 3) end
+  local bound = 1 / math.sqrt(in_features)
+  build(self, o, sn.rand(out_features, in_features) * (2 * bound) - bound,
+    o.bias and sn.rand(out_features) * (2 * bound) - bound or nil)
 end
 
 -- SparseLinear.from_dense(linear, opts): a sparse copy of a trained Linear, keeping the
@@ -75,27 +83,22 @@ function SparseLinear.from_dense(linear, opts)
     error(("%s.from_dense: linear must be a seqnn.nn.Linear, got %s"):format(NAME,
       type(linear) == "table" and (linear.__name or "a table") or type(linear)), 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("%s.from_dense: opts must be a table, got %s"):format(NAME, type(opts)), 2)
-  end
-  local o = {}
-  for k, v in pairs(opts or linear.prune_opts or {}) do o[k] = v end
-  if opts == nil and linear.prune_opts == nil then
+  opts = opts or linear.prune_opts
+  if opts == nil then
     error(("%s.from_dense: opts {sparsity =, block =} or {pattern = \"2:4\"} are needed for a Linear that "
       .. "was not pruned"):format(NAME), 2)
   end
   local w = linear.weight:detach()
+  local o, err = options(w:size(2), w:size(1), opts)
+  if not o then error(("%s.from_dense: %s"):format(NAME, err), 2) end
+  local block_mask
   if linear.mask then
     w = w * linear.mask
     -- Pooled to blocks: a kept block whose weights all went to zero must stay kept.
-    if o.pattern == nil then o._block_mask = require("seqnn.sparse").block_mask_of(linear.mask, o.block or { 4, 4 }) end
+    if o.pattern == "bsr" then block_mask = require("seqnn.sparse").block_mask_of(linear.mask, o.block) end
   end
-  o._weight = w
-  o._bias = linear.bias and linear.bias:detach():clone() or nil
-  o.bias = linear.bias ~= nil
-  local out, inp = w:size(1), w:size(2)
-  local ok, layer = pcall(SparseLinear, inp, out, o)
-  if not ok then error((tostring(layer):gsub("^[^:]*:%d+: ", "")), 2) end
+  local layer = setmetatable({}, SparseLinear)
+  build(layer, o, w, linear.bias and linear.bias:detach():clone() or nil, block_mask)
   return layer
 end
 
