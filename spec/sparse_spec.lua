@@ -176,6 +176,17 @@ describe("sn.sparse", function()
     for _, l in ipairs(pruner.layers) do assert.is_nil(l.name:match("head$")) end -- the head stays dense
   end)
 
+  it("MaskedLinear with a fixed mask passes gradcheck (x, weight, bias)", function()
+    local lin = sn.nn.Linear(8, 4)
+    local mask = sn.tensor({ { 1, 0, 1, 0, 1, 1, 0, 0 }, { 0, 1, 0, 1, 0, 0, 1, 1 },
+                             { 1, 1, 0, 0, 1, 0, 1, 0 }, { 0, 0, 1, 1, 0, 1, 0, 1 } })
+    local m = sn.nn.MaskedLinear(lin, mask)
+    assert.is_true(gradcheck(function(x, w, b)
+      m.weight, m.bias = w, b
+      return m(x)
+    end, { leaf(sn.randn(3, 8)), lin.weight, lin.bias }))
+  end)
+
   it("prune (ast): SR-STE reaches pruned weights, and masks are re-selected every `every` steps", function()
     local lm = tiny_lm()
     local opt = sn.optim.SGD(lm:parameters(), { lr = 0.5 })
