@@ -16,38 +16,19 @@
 #include <string.h>
 
 #include "simd/conv1d.h"
+#include "simd/tile_vec.h"
 #include "simd/vec.h"
 
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
-
-#if defined(__AVX512F__)
-#define VW 16
-#elif defined(__AVX2__)
-#define VW 8
-#else
-#define VW 4
-#endif
 _Static_assert(CONV_PAD % VW == 0, "padded rows hold whole vectors");
 
-typedef float vf __attribute__((vector_size(VW * 4)));
-typedef float vfu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned access */
 typedef int32_t vi __attribute__((vector_size(VW * 4)));
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
-#define INLINE static inline __attribute__((always_inline))
 #define WMAX CONV_WMAX
 /* Steps per block: a block streams 3 x BLOCK rows at once. 8 and 16 ran alike, 32 (96
  * streams, more than the L2 prefetcher follows) 2-3x slower. */
 #define BLOCK 8
 
-/* Macros, not functions: no vector is passed or returned by value, so the ABI of the
- * builds without AVX-512 never matters. */
-#define ld(p) (*(const vfu *)(p))
-#define st(p, v) (*(vfu *)(p) = (v))
-/* a - 0 is a for every float (a + 0 is not, for a = -0), so this folds to a broadcast. */
-#define splat(a) ((a) - (vf){0})
 /* Lane-wise a < b ? b : a and a > b ? b : a; both keep a NaN in a (vclamp without AVX2). */
 #define vmax(a, b) ((vf)(((vi)(a) & ~((a) < (b))) | ((vi)(b) & ((a) < (b)))))
 #define vmin(a, b) ((vf)(((vi)(a) & ~((a) > (b))) | ((vi)(b) & ((a) > (b)))))

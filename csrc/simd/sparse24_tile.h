@@ -14,27 +14,7 @@
 #pragma GCC optimize("fp-contract=fast")
 
 #include "simd/sparse24.h"
-
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
-
-#if defined(__AVX512F__)
-#define VW 16
-#elif defined(__AVX2__)
-#define VW 8
-#else
-#define VW 4
-#endif
-
-typedef float vf __attribute__((vector_size(VW * 4)));
-typedef float vfu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned access */
-
-#define INLINE static inline __attribute__((always_inline))
-#define ld(p) (*(const vfu *)(p))
-#define st(p, v) (*(vfu *)(p) = (v))
-/* a - 0 is a for every float (a + 0 is not, for a = -0), so this folds to a broadcast. */
-#define splat(a) ((a) - (vf){0})
+#include "simd/tile_vec.h"
 
 /* ---- token panel ----------------------------------------------------------------------- */
 

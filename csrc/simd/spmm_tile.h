@@ -16,26 +16,15 @@
 #pragma GCC optimize("fp-contract=fast")
 
 #include "simd/spmm.h"
+#include "simd/tile_vec.h"
 
 #if defined(__AVX512F__)
-#define VW 16
 #define NVF 4 /* 16 accumulators + 4 x + 1 broadcast of 32 registers */
-#elif defined(__AVX2__)
-#define VW 8
-#define NVF 2 /* of 16 registers */
 #else
-#define VW 4
-#define NVF 2
+#define NVF 2 /* of 16 registers (AVX2) */
 #endif
 #define PW (VW * NVF)
 _Static_assert(SPMM_PWMAX % PW == 0 && PW <= SPMM_PWMAX, "panel widths");
-
-typedef float vf __attribute__((vector_size(VW * 4)));
-typedef float vfu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned access */
-
-#define INLINE static inline __attribute__((always_inline))
-#define ld(p) (*(const vfu *)(p))
-#define splat(a) ((a) - (vf){0})
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
