@@ -399,6 +399,30 @@ sn_status sn_adamw_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *exp_avg, sn_tensor
 sn_status sn_sgd_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, const sn_tensor *grad, double lr,
                       double momentum, double dampening, double weight_decay, bool nesterov,
                       bool first);
+/* Row-sparse (lazy) variants for a gradient that touches a few rows of p viewed as (R, D),
+ * R = p's first dim: rows i64 (n) in [0, R), values f32 (n, D); duplicate rows are summed
+ * (in the order given) before the update. Only the touched rows of p and of its state
+ * change; untouched rows, including their moments, stay bit-identical. row_step i64 (R)
+ * counts the steps each row has taken: a touched row's count goes up by one and its own
+ * count is the t of the bias correction, so the update of a row equals the dense kernel's
+ * on that row with step = its count (weight decay, too, reaches touched rows only). SGD
+ * with momentum uses row_step (== 0 before a row's first step) to start its buffer; buf
+ * and row_step are NULL when momentum is 0. */
+sn_status sn_adamw_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *exp_avg, sn_tensor *exp_avg_sq,
+                             sn_tensor *row_step, const sn_tensor *rows, const sn_tensor *values, double lr,
+                             double beta1, double beta2, double eps, double weight_decay);
+sn_status sn_sgd_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, sn_tensor *row_step,
+                           const sn_tensor *rows, const sn_tensor *values, double lr, double momentum,
+                           double dampening, double weight_decay, bool nesterov);
+/* Row-sparse gradients (rows i64 (n), values f32 (n, D)) of an (R, D) table.
+ * count: *unique = the number of distinct rows (each checked to be in [0, R)).
+ * coalesce: out_rows (unique) ascending, out_values (unique, D) the sums of each row's
+ *   values in input order (deterministic for any thread count).
+ * scatter_add: dense (R, D) += the rows (duplicates added in order). */
+sn_status sn_rows_count(sn_ctx *ctx, int64_t *unique, const sn_tensor *rows, int64_t R);
+sn_status sn_rows_coalesce(sn_ctx *ctx, sn_tensor *out_rows, sn_tensor *out_values, const sn_tensor *rows,
+                           const sn_tensor *values, int64_t R);
+sn_status sn_rows_scatter_add(sn_ctx *ctx, sn_tensor *dense, const sn_tensor *rows, const sn_tensor *values);
 
 /* ---- rotary position embedding (kernels/rope.c) ----------------------------------------
  * GPT-NeoX / HF-LLaMA "rotate_half" pairing: element i of each head pairs with i + Dh/2.
@@ -577,6 +601,80 @@ sn_status sn_delta_rule_bwd(sn_ctx *ctx, sn_tensor *dq, sn_tensor *dk, sn_tensor
 sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const sn_tensor *q, const sn_tensor *k,
                              const sn_tensor *v, const sn_tensor *beta, const sn_linattn_opts *opts);
 
+/* ---- hashing memory layer, MemoryFormer (kernels/hash_memory.c) --------------------------
+ * A linear map x (d_in) -> y (d_out) replaced by K = d_in / bits lookup tables of 2^bits rows,
+ * indexed by the signs of K chunks of bits consecutive features. x (..., d_in) contiguous
+ * f32, N = numel / d_in tokens; 1 <= bits <= SN_HASH_MAX_BITS, d_in % bits == 0; tables
+ * (K * 2^bits, d_out) contiguous, table k = rows k 2^bits .. (k+1) 2^bits - 1; bias (d_out)
+ * or NULL. With z = x[n, k bits .. k bits + bits - 1]:
+ *   h[n,k] = sum_i [z_i >= 0] 2^i        (LSB first: feature k bits + i is bit i; sgn(0) = +1)
+ *   P = prod_i sigmoid(2 |z_i|)          (the selected corner's softmax probability)
+ *   p[n,k] = S P, S = sum_i |z_i|        (SN_HASH_SCORE_CODE, the released code's form)
+ *          = P                           (SN_HASH_SCORE_PAPER)
+ *   y[n,:] = bias + sum_k p[n,k] tables[k 2^bits + h[n,k], :]
+ * fwd: y (..., d_out) contiguous, overwritten; codes i64 (N, K) and p f32 (N, K) (any
+ *   leading shape with N rows), the saved state of bwd, or NULL (not kept). packed: NULL,
+ *   or the tables' copy made by pack, read instead of tables (faster: fwd otherwise copies
+ *   each slice of the tables it reads into a panel first). It must be current: nothing
+ *   here can tell that tables changed after it was made.
+ * pack: packed f32 (ceil(d_out / SN_HASH_PANEL), K * 2^bits, SN_HASH_PANEL) contiguous:
+ *   packed[j, r, c] = tables[r, j SN_HASH_PANEL + c] (0 past d_out), the panels fwd reads;
+ *   or packed i64 (ceil(d_out / SN_HASH_PANEL), K * 2^bits, SN_HASH_PANEL / 4): the same
+ *   panels in bf16 (rounded to nearest even), half the bytes for inference, fwd summing in
+ *   f32. Its words are an internal layout (simd/hash_memory.h), not numbers.
+ * bwd: dp[n,k] = <tables[row], dy[n]>; dx[n, k bits + i] = dp dp[n,k]/dz_i
+ *   (paper: 2 sgn(z_i) P sigmoid(-2|z_i|); code: sgn(z_i) P (1 + 2 S sigmoid(-2|z_i|)));
+ *   dtables = sum_n p[n,k] dy[n] at the rows read (dense: every other row zero);
+ *   dbias = sum_n dy[n]. dx (x's rows), dtables (tables' shape), dbias (d_out): contiguous,
+ *   overwritten, each NULL to skip. codes are checked (each in [0, 2^bits)). Every output
+ *   is summed in a fixed order: the same bits for any thread count. */
+#define SN_HASH_MAX_BITS 16
+#define SN_HASH_PANEL 64
+typedef enum { SN_HASH_SCORE_CODE = 0, SN_HASH_SCORE_PAPER = 1 } sn_hash_score;
+sn_status sn_hash_linear_pack(sn_ctx *ctx, sn_tensor *packed, const sn_tensor *tables);
+sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_tensor *p, const sn_tensor *x,
+                             const sn_tensor *tables, const sn_tensor *packed, const sn_tensor *bias, int bits,
+                             sn_hash_score score);
+sn_status sn_hash_linear_bwd(sn_ctx *ctx, sn_tensor *dx, sn_tensor *dtables, sn_tensor *dbias, const sn_tensor *dy,
+                             const sn_tensor *codes, const sn_tensor *p, const sn_tensor *x, const sn_tensor *tables,
+                             int bits, sn_hash_score score);
+
+/* ---- binary-code attention, EcoFormer (kernels/binary_attention.c) -----------------------
+ * Causal, per (batch b, head h), with features h_t in {-1,+1}^bits (1 <= bits <= 64) given
+ * as codes (bit n of code_t set <=> h_t[n] = +1, LSB first, one i64 per (b, t, h)):
+ *   out_i = sum_{j<=i} w_ij v_j / sum_{j<=i} w_ij,  w_ij = h_i.h_j + c = 2 bits + 1 - 2
+ *   popcount(code_i ^ code_j), c = bits + 1 (every weight >= 1).
+ * The state is S = S0 + sum_j [h_j; 1][v_j; 1]^T, (B, H, bits+1, Dv+1): rows n < bits hold
+ * M = sum h v^T with z = sum h in the last column, row bits holds sum v and the token count;
+ * token i reads [num_i, den_i] = [h_i; c]^T S_i. Linear time: chunks of 64 tokens,
+ * similarities within a chunk by popcount, earlier chunks through S (adds and subtracts
+ * only). Same bits for any thread count and SIMD level.
+ * pack: codes (B,T,H) i64 contiguous from y (B,T,H,bits) f32 (unit-stride last dim): bit n
+ *   = y[..., n] >= 0 (NaN packs as -1).
+ * fwd: codes (B,T,H) i64 contiguous, every code < 2^bits (checked); v (B,T,H,Dv) f32 with a
+ *   unit-stride last dim; initial_state (or NULL: zeros) any strides. out (B,T,H,Dv), den
+ *   (B,T,H) (the denominators, saved for bwd; may be NULL) and final_state (or NULL)
+ *   contiguous, overwritten.
+ * bwd: dv (B,T,H,Dv), dh (B,T,H,bits) (the gradient of the +-1 features; with y given,
+ *   times 1[|y| < 1], the straight-through estimator of sign) and dinitial (or NULL)
+ *   contiguous, overwritten; out, den as fwd made them; dout (B,T,H,Dv) a view like v;
+ *   dfinal (the gradient of the final state, or NULL) and initial_state any strides.
+ * step (decode): codes (B,1,H), v (B,1,H,Dv), state (B,H,bits+1,Dv+1) contiguous, updated
+ *   in place; out (B,1,H,Dv). O(bits Dv) per head, equal to fwd token by token (to
+ *   rounding: the state itself has fwd's bits). */
+sn_status sn_binary_attention_pack(sn_ctx *ctx, sn_tensor *codes, const sn_tensor *y);
+sn_status sn_binary_attention_fwd(sn_ctx *ctx, sn_tensor *out, sn_tensor *den, sn_tensor *final_state,
+                                  const sn_tensor *codes, const sn_tensor *v, const sn_tensor *initial_state,
+                                  int bits);
+sn_status sn_binary_attention_bwd(sn_ctx *ctx, sn_tensor *dv, sn_tensor *dh, sn_tensor *dinitial,
+                                  const sn_tensor *out, const sn_tensor *den, const sn_tensor *dout,
+                                  const sn_tensor *dfinal, const sn_tensor *codes, const sn_tensor *v,
+                                  const sn_tensor *initial_state, const sn_tensor *y, int bits);
+sn_status sn_binary_attention_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, const sn_tensor *codes,
+                                   const sn_tensor *v, int bits);
+/* The table in use: "avx512" (VPOPCNTDQ), "avx2" or "scalar". */
+const char *sn_binary_attention_impl(void);
+
 /* ---- block-sparse matmul (kernels/block_sparse.c, kernels/sparse24.c, kernels/sparse_int8.c)
  * A sparse weight W (M outputs x K inputs), used as Linear's y = x W^T + b.
  * BSR with one block shape (ro x ri) per matrix, M % ro == 0, K % ri == 0:
@@ -635,5 +733,35 @@ void sn_bsr_i8_free(sn_bsr_i8 *w);
 int64_t sn_bsr_i8_bytes(const sn_bsr_i8 *w);
 sn_status sn_bsr_i8_matmul(sn_ctx *ctx, sn_tensor *y, const sn_tensor *x, const sn_bsr_i8 *w,
                            const sn_tensor *bias);
+
+/* ---- product-key memory (kernels/product_key.c; Lample et al. 2019) -------------------
+ * Scores over n sub-keys per half: s1, s2 f32 (R, n) (rows = token x head). With k <= n:
+ * topk: idx i64 (R, k), val f32 (R, k) = the k largest of each row of scores, descending;
+ *   ties: the lower index first. NaN ranks below every number (which NaNs: unspecified).
+ * select: the k best of the n^2 sums s1[a] + s2[b] (slot a*n + b): slot i64 (R, k) and
+ *   score f32 (R, k), descending, ties by the lower slot. Only the top-k of each half and
+ *   the pairs of ranks (i, j) with (i+1)(j+1) <= k can be in it (each has that many better
+ *   pairs), so ~k ln k sums are formed, not k^2; exact when the sums round without ties.
+ * select_bwd: ds1, ds2 (R, n) overwritten: zero except ds1[r, slot/n] += dscore,
+ *   ds2[r, slot%n] += dscore (the selection is treated as constant).
+ * gather_fwd: y (N, D) = sum_j w[n, j] * values[idx[n, j]] (values (S, D), idx i64 and w
+ *   f32 (N, J); J = heads * k, heads summed): EmbeddingBag with per-sample weights.
+ * gather_rows: *unique = the number of distinct slots in idx (checked in [0, S)).
+ * gather_bwd: dw (N, J) = <values[idx[n, j]], dy[n]> (may be NULL); the value gradient as
+ *   rows: rows i64 (unique) ascending and drows (unique, D) = sum over the (n, j) that read
+ *   the row of w[n, j] dy[n], summed in (n, j) order by the one thread that owns the row
+ *   (the same bits for any thread count). rows/drows may be NULL (dw only).
+ * Every kernel checks idx/slot ranges and fails with SN_EINVAL naming the first bad entry. */
+sn_status sn_product_key_topk(sn_ctx *ctx, sn_tensor *idx, sn_tensor *val, const sn_tensor *scores, int64_t k);
+sn_status sn_product_key_select(sn_ctx *ctx, sn_tensor *slot, sn_tensor *score, const sn_tensor *s1,
+                                const sn_tensor *s2, int64_t k);
+sn_status sn_product_key_select_bwd(sn_ctx *ctx, sn_tensor *ds1, sn_tensor *ds2, const sn_tensor *dscore,
+                                    const sn_tensor *slot);
+sn_status sn_product_key_gather_fwd(sn_ctx *ctx, sn_tensor *y, const sn_tensor *values, const sn_tensor *idx,
+                                    const sn_tensor *w);
+sn_status sn_product_key_gather_rows(sn_ctx *ctx, int64_t *unique, const sn_tensor *idx, int64_t S);
+sn_status sn_product_key_gather_bwd(sn_ctx *ctx, sn_tensor *dw, sn_tensor *rows, sn_tensor *drows,
+                                    const sn_tensor *dy, const sn_tensor *values, const sn_tensor *idx,
+                                    const sn_tensor *w);
 
 #endif /* SEQNN_H */

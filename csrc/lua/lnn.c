@@ -368,6 +368,99 @@ static int l_sgd_step(lua_State *L) {
   return 0;
 }
 
+/* Row-sparse gradients (rows i64 (n), values f32 (n, ...)) of a parameter whose first dim
+ * is R; see seqnn.h. values must hold n rows of numel(param) / R. */
+static void need_rows_grad(lua_State *L, const char *fn, const sn_tensor *p, const sn_tensor *rows,
+                           const sn_tensor *values) {
+  if (p->ndim < 1 || p->size[0] < 1)
+    sn_lua_fail(L, "%s: a row-sparse gradient needs a parameter with rows, got %s", fn, SN_SHAPE(p));
+  if (rows->ndim != 1)
+    sn_lua_fail(L, "%s: the gradient's rows must be a vector, got %s", fn, SN_SHAPE(rows));
+  int64_t D = sn_numel(p) / p->size[0], n = rows->size[0];
+  if (values->ndim < 1 || values->size[0] != n || sn_numel(values) != n * D)
+    sn_lua_fail(L, "%s: the gradient's values must be %lld rows of %lld (param: %s, rows: %s, values: %s)", fn,
+                (long long)n, (long long)D, SN_SHAPE(p), SN_SHAPE(rows), SN_SHAPE(values));
+}
+
+/* k_adamw_rows_step(param, rows, values, exp_avg, exp_avg_sq, row_step, lr, beta1, beta2,
+ * eps, weight_decay): the lazy AdamW step on the touched rows (row_step i64 (R) counts) */
+static int l_adamw_rows_step(lua_State *L) {
+  lua_settop(L, 11);
+  const char *fn = "seqnn.optim.AdamW";
+  sn_tensor *p = arg_inplace(L, 1, fn, "param");
+  sn_tensor *rows = sn_lua_check_tensor(L, 2, fn, "rows", SN_I64), *vals = sn_lua_check_tensor(L, 3, fn, "values", SN_F32);
+  sn_tensor *m = arg_inplace(L, 4, fn, "exp_avg"), *v = arg_inplace(L, 5, fn, "exp_avg_sq");
+  sn_tensor *steps = sn_lua_check_tensor(L, 6, fn, "row_step", SN_I64);
+  need_rows_grad(L, fn, p, rows, vals);
+  need_param_numel(L, fn, "exp_avg", m, p);
+  need_param_numel(L, fn, "exp_avg_sq", v, p);
+  if (!sn_is_contiguous(steps) || sn_numel(steps) != p->size[0])
+    sn_lua_fail(L, "%s: row_step must be a contiguous i64 vector of the %lld rows of param, got %s", fn,
+                (long long)p->size[0], SN_SHAPE(steps));
+  double lr = check_range(L, 7, fn, "lr", 0, HUGE_VAL);
+  double b1 = check_range(L, 8, fn, "beta1", 0, 1), b2 = check_range(L, 9, fn, "beta2", 0, 1);
+  double eps = check_range(L, 10, fn, "eps", 0, HUGE_VAL), wd = check_range(L, 11, fn, "weight_decay", 0, HUGE_VAL);
+  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  CHECK(L, fn, sn_adamw_rows_step(sn_lua_ctx(L), p, m, v, steps, rows, vals, lr, b1, b2, eps, wd));
+  return 0;
+}
+
+/* k_sgd_rows_step(param, rows, values, momentum_buffer|nil, row_step|nil, lr, momentum,
+ * dampening, weight_decay, nesterov) */
+static int l_sgd_rows_step(lua_State *L) {
+  lua_settop(L, 10);
+  const char *fn = "seqnn.optim.SGD";
+  sn_tensor *p = arg_inplace(L, 1, fn, "param");
+  sn_tensor *rows = sn_lua_check_tensor(L, 2, fn, "rows", SN_I64), *vals = sn_lua_check_tensor(L, 3, fn, "values", SN_F32);
+  sn_tensor *buf = lua_isnoneornil(L, 4) ? NULL : arg_inplace(L, 4, fn, "momentum_buffer");
+  sn_tensor *steps = lua_isnoneornil(L, 5) ? NULL : sn_lua_check_tensor(L, 5, fn, "row_step", SN_I64);
+  need_rows_grad(L, fn, p, rows, vals);
+  if (buf) need_param_numel(L, fn, "momentum_buffer", buf, p);
+  if (steps && (!sn_is_contiguous(steps) || sn_numel(steps) != p->size[0]))
+    sn_lua_fail(L, "%s: row_step must be a contiguous i64 vector of the %lld rows of param, got %s", fn,
+                (long long)p->size[0], SN_SHAPE(steps));
+  double lr = check_range(L, 6, fn, "lr", 0, HUGE_VAL), mom = check_range(L, 7, fn, "momentum", 0, HUGE_VAL);
+  double damp = check_range(L, 8, fn, "dampening", 0, HUGE_VAL), wd = check_range(L, 9, fn, "weight_decay", 0, HUGE_VAL);
+  bool nesterov = lua_toboolean(L, 10);
+  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  CHECK(L, fn, sn_sgd_rows_step(sn_lua_ctx(L), p, buf, steps, rows, vals, lr, mom, damp, wd, nesterov));
+  return 0;
+}
+
+/* rows2, values2 = k_rows_coalesce(rows, values, R): duplicates summed, rows ascending;
+ * values2 keeps values' trailing dims. */
+static int l_rows_coalesce(lua_State *L) {
+  lua_settop(L, 3);
+  const char *fn = "seqnn.sparse_grad";
+  sn_tensor *rows = sn_lua_check_tensor(L, 1, fn, "rows", SN_I64), *vals = sn_lua_check_tensor(L, 2, fn, "values", SN_F32);
+  int64_t R = sn_lua_check_int(L, 3, fn, "R");
+  if (rows->ndim != 1 || vals->ndim < 1 || vals->size[0] != rows->size[0])
+    sn_lua_fail(L, "%s: rows must be a vector and values have as many rows (rows: %s, values: %s)", fn,
+                SN_SHAPE(rows), SN_SHAPE(vals));
+  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  int64_t U;
+  CHECK(L, fn, sn_rows_count(sn_lua_ctx(L), &U, rows, R));
+  int64_t size[SN_MAX_DIMS];
+  memcpy(size, vals->size, sizeof size);
+  size[0] = U;
+  sn_tensor *orow = sn_lua_push_empty(L, fn, SN_I64, 1, &U);
+  sn_tensor *ov = sn_lua_push_empty(L, fn, SN_F32, vals->ndim, size);
+  CHECK(L, fn, sn_rows_coalesce(sn_lua_ctx(L), orow, ov, rows, vals, R));
+  return 2;
+}
+
+/* k_rows_scatter_add(dense, rows, values): dense (R, ...) += the rows, in place */
+static int l_rows_scatter_add(lua_State *L) {
+  lua_settop(L, 3);
+  const char *fn = "seqnn.sparse_grad";
+  sn_tensor *d = arg_inplace(L, 1, fn, "dense");
+  sn_tensor *rows = sn_lua_check_tensor(L, 2, fn, "rows", SN_I64), *vals = sn_lua_check_tensor(L, 3, fn, "values", SN_F32);
+  need_rows_grad(L, fn, d, rows, vals);
+  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  CHECK(L, fn, sn_rows_scatter_add(sn_lua_ctx(L), d, rows, vals));
+  return 0;
+}
+
 static const luaL_Reg nn_fns[] = {
     {"k_layer_norm_fwd", l_layer_norm_fwd}, {"k_layer_norm_bwd", l_layer_norm_bwd},
     {"k_rms_norm_fwd", l_rms_norm_fwd}, {"k_rms_norm_bwd", l_rms_norm_bwd},
@@ -379,6 +472,8 @@ static const luaL_Reg nn_fns[] = {
     {"k_tanh_bwd", l_tanh_bwd}, {"k_sigmoid_bwd", l_sigmoid_bwd},
     {"k_dropout_fwd", l_dropout_fwd}, {"k_dropout_bwd", l_dropout_bwd},
     {"k_adamw_step", l_adamw_step}, {"k_sgd_step", l_sgd_step},
+    {"k_adamw_rows_step", l_adamw_rows_step}, {"k_sgd_rows_step", l_sgd_rows_step},
+    {"k_rows_coalesce", l_rows_coalesce}, {"k_rows_scatter_add", l_rows_scatter_add},
     {NULL, NULL}};
 
 /* Expects module, ctx on top (as lseqnn.c calls every open function); leaves them. */

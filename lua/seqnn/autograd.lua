@@ -120,13 +120,60 @@ end
 
 local function is_slice(g) return getmetatable(g) == Slice end
 
+-- A row-sparse gradient: zero outside `rows` (i64 (n), ascending, each once) of a tensor
+-- of shape `shape` whose first dim they index; values (n, ...) holds those rows. A backward
+-- returns one for a huge table it reads a few rows of (product-key memory values), so the
+-- gradient reaching the leaf costs n rows, not the table. Two of them accumulate by
+-- concatenation and coalescing (k_rows_coalesce: duplicates summed, in order); one meeting
+-- a dense gradient of the same tensor becomes dense. Optimizers (SGD, AdamW) update only
+-- the rows; clip_grad_norm and train's allreduce handle it (see there).
+local RowSparse = {}
+RowSparse.__index = RowSparse
+RowSparse.__name = "seqnn.RowSparseGrad"
+autograd.RowSparse = RowSparse
+
+function autograd.row_sparse(rows, values, shape)
+  return setmetatable({ rows = rows, values = values, shape = shape, is_sparse = true }, RowSparse)
+end
+
+local function is_sparse(g) return getmetatable(g) == RowSparse end
+autograd.is_sparse = is_sparse
+
+-- The dense tensor of the gradient (a new one).
+function RowSparse:to_dense()
+  local d = core.zeros(self.shape)
+  if self.rows:numel() > 0 then core.k_rows_scatter_add(d, self.rows, self.values) end
+  return d
+end
+
+-- Scales the values in place (what clipping does); returns self.
+function RowSparse:mul_(s)
+  self.values:mul_(s)
+  return self
+end
+
+-- Sparse a + b (same shape): rows joined, duplicates summed.
+local function sparse_add(a, b)
+  local cat = require("seqnn").cat -- loaded by then: seqnn requires this file first
+  local r, v = core.k_rows_coalesce(cat({ a.rows, b.rows }, 1), cat({ a.values, b.values }, 1), a.shape[1])
+  return autograd.row_sparse(r, v, a.shape)
+end
+
+function RowSparse:__tostring()
+  return ("seqnn.RowSparseGrad(%d of %s rows, values %s)"):format(self.rows:numel(), tostring(self.shape[1]),
+    table.concat(self.values:shape(), "x"))
+end
+
 -- g added into buf, a tensor of the input's shape that this backward owns.
 local function add_into(buf, g)
-  if is_slice(g) then buf:narrow(g.dim, g.start, g.len):add_(g.g) else buf:add_(g) end
+  if is_sparse(g) then
+    if g.rows:numel() > 0 then core.k_rows_scatter_add(buf, g.rows, g.values) end
+  elseif is_slice(g) then buf:narrow(g.dim, g.start, g.len):add_(g.g) else buf:add_(g) end
 end
 
 -- A new buffer of the input's shape holding g.
 local function materialize(input, g)
+  if is_sparse(g) then return g:to_dense() end
   if not is_slice(g) then return g:is_contiguous() and g:clone() or g:contiguous() end
   local z = core.zeros(input:shape())
   z:narrow(g.dim, g.start, g.len):copy_(g.g)
@@ -135,6 +182,20 @@ end
 
 local function accumulate_leaf(t, g, fresh)
   local have = t.grad
+  if is_sparse(g) or is_sparse(have) then -- row-sparse: stays sparse until it meets a dense one
+    if have == nil then
+      t.grad = fresh and g or autograd.row_sparse(g.rows:clone(), g.values:clone(), g.shape)
+    elseif is_sparse(have) and is_sparse(g) then
+      t.grad = sparse_add(have, g)
+    elseif is_sparse(have) then
+      local dense = materialize(t, g)
+      add_into(dense, have)
+      t.grad = dense
+    else
+      add_into(have, g)
+    end
+    return
+  end
   if have == nil then
     -- A copy unless fresh: g may be a view shared with other gradients or the upstream one.
     t.grad = (fresh and not is_slice(g) and g:is_contiguous()) and g or materialize(t, g)
@@ -144,6 +205,17 @@ local function accumulate_leaf(t, g, fresh)
 end
 
 local function check_grad(node, i, input, g)
+  if is_sparse(g) then
+    local a, rows, vals = input:shape(), g.rows, g.values
+    local same = #a == #g.shape and is_tensor(rows) and is_tensor(vals) and rows:dim() == 1
+      and vals:dim() >= 1 and vals:size(1) == rows:numel() and vals:numel() == rows:numel() * (input:numel() // math.max(a[1] or 1, 1))
+    for d = 1, #a do same = same and a[d] == g.shape[d] end
+    if not same then
+      error(("seqnn.backward: '%s' returned a malformed row-sparse gradient for input %d of shape %s"):format(
+        node.name, i, shape_str(input)), 0)
+    end
+    return
+  end
   if is_slice(g) then
     if not is_tensor(g.g) then
       error(("seqnn.backward: '%s' returned a slice gradient of a %s for input %d"):format(node.name, type(g.g), i), 0)
@@ -213,7 +285,7 @@ function autograd.backward(t, gradient)
               local j = input._out
               local have = slot[j]
               if have == nil then
-                if is_slice(g) then
+                if is_slice(g) or is_sparse(g) then
                   slot[j] = materialize(input, g)
                   owned[slot[j]] = true
                 else
@@ -313,7 +385,8 @@ function autograd.gradcheck(fn, inputs, opts)
   local analytic = {}
   for i, x in ipairs(inputs) do
     if tracked(x) then
-      analytic[i] = x.grad and x.grad:reshape(-1):totable() or false
+      local xg = is_sparse(x.grad) and x.grad:to_dense() or x.grad
+      analytic[i] = xg and xg:reshape(-1):totable() or false
       x.grad = saved[i]
     end
   end

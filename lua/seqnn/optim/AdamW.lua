@@ -3,6 +3,7 @@ local Optimizer = require "seqnn.optim.Optimizer"
 local AdamW = sn.class("seqnn.optim.AdamW", Optimizer)
 
 local k_adamw_step, zeros = sn.core.k_adamw_step, sn.core.zeros
+local k_adamw_rows_step, is_sparse = sn.core.k_adamw_rows_step, require("seqnn.autograd").is_sparse
 
 local defaults = { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 1e-2 }
 
@@ -12,12 +13,21 @@ local defaults = { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay =
 --   p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
 -- One fused kernel call per parameter; state (exp_avg, exp_avg_sq, step) per parameter,
 -- created at its first step. Parameters without a gradient are skipped.
+-- A row-sparse gradient (autograd.row_sparse, e.g. ProductKeyMemory's values) takes the
+-- lazy step (k_adamw_rows_step): only its rows of p and of the moments change, and
+-- row_step (i64, one count per row, kept in the state and in state_dict) gives each row
+-- its own bias correction, so a row's update is exactly the dense one with t = the number
+-- of steps that row has had. Decoupled weight decay, too, reaches touched rows only (an
+-- untouched row is not decayed while it is not read; PyTorch's SparseAdam has no decay).
+-- Once a parameter has row counts, its dense gradients go through the same kernel over
+-- every row, so the counts stay exact.
 function AdamW:__init(params, opts)
   Optimizer.__init(self, params, opts, defaults)
 end
 
 AdamW.state_tensors = { "exp_avg", "exp_avg_sq" }
 AdamW.state_numbers = { "step" }
+AdamW.row_state = { "row_step" } -- present once the parameter has had a row-sparse gradient
 
 function AdamW:check_group(group)
   local b = group.betas
@@ -43,7 +53,15 @@ function AdamW:step()
           state[p] = s
         end
         s.step = s.step + 1
-        k_adamw_step(p, g, s.exp_avg, s.exp_avg_sq, lr, b1, b2, eps, wd, s.step)
+        if is_sparse(g) or s.row_step then
+          if s.row_step == nil then -- every row has had the dense steps so far
+            s.row_step = zeros({ p:size(1) }, "i64"):fill_(s.step - 1)
+          end
+          local rows, values = self.rows_of(p, g)
+          k_adamw_rows_step(p, rows, values, s.exp_avg, s.exp_avg_sq, s.row_step, lr, b1, b2, eps, wd)
+        else
+          k_adamw_step(p, g, s.exp_avg, s.exp_avg_sq, lr, b1, b2, eps, wd, s.step)
+        end
       end
     end
   end

@@ -17,6 +17,7 @@ local class = require "seqnn.class"
 local Optimizer = class("seqnn.optim.Optimizer")
 
 local is_tensor = sn.core.is_tensor
+local is_sparse = require("seqnn.autograd").is_sparse
 
 local function shape_str(t)
   local s = t:shape()
@@ -80,6 +81,18 @@ function Optimizer.bad_number(group, key, lo, hi)
   return ("%s must be a number in [%g, %g), got %s"):format(key, lo, hi, tostring(v))
 end
 
+-- Subclasses list in row_state the per-row state tensors (i64, one entry per row of the
+-- parameter) that exist once a parameter has had a row-sparse gradient; they are saved
+-- and loaded like the others but may be absent.
+Optimizer.row_state = {}
+
+-- rows_of(p, g) -> rows (i64), values: a row-sparse gradient's rows, or every row of a
+-- dense one (for a parameter whose state counts steps per row).
+function Optimizer.rows_of(p, g)
+  if is_sparse(g) then return g.rows, g.values end
+  return sn.arange(p:size(1), "i64"), g
+end
+
 -- Drops every parameter's gradient (p.grad = nil).
 function Optimizer:zero_grad()
   local params = self.params
@@ -105,6 +118,7 @@ function Optimizer:state_dict()
     local s = self.state[p]
     if s then
       for _, k in ipairs(self.state_tensors) do tensors[i .. "." .. k] = s[k] end
+      for _, k in ipairs(self.row_state) do tensors[i .. "." .. k] = s[k] end -- nil when absent
       for _, k in ipairs(self.state_numbers) do numbers[i .. "." .. k] = s[k] end
     end
   end
@@ -131,8 +145,9 @@ function Optimizer:load_state_dict(tensors, numbers)
   if n ~= #self.params then
     error(("%s: the state is for %d parameters but this optimizer has %d"):format(fn, n, #self.params), 2)
   end
-  local known = {}
+  local known, per_row = {}, {}
   for _, k in ipairs(self.state_tensors) do known[k] = true end
+  for _, k in ipairs(self.row_state) do known[k], per_row[k] = true, true end
   local keys = {}
   for key in pairs(tensors) do keys[#keys + 1] = tostring(key) end
   table.sort(keys) -- a deterministic first complaint
@@ -146,12 +161,22 @@ function Optimizer:load_state_dict(tensors, numbers)
       error(("%s: unexpected key '%s' (expected <i>.%s, i in 1..%d)"):format(fn, key,
         table.concat(self.state_tensors, "|"), #self.params), 2)
     end
+    if per_row[k] then -- one step count per row of the parameter
+      if not is_tensor(t) or p:dim() < 1 or t:numel() ~= p:size(1) then
+        error(("%s: '%s' has shape %s but parameter %d has %s rows"):format(fn, key,
+          is_tensor(t) and shape_str(t) or type(t), i, p:dim() < 1 and "no" or tostring(p:size(1))), 2)
+      end
+      state[i] = state[i] or {}
+      state[i][k] = t:reshape(p:size(1)):long():contiguous():clone()
+      goto continue
+    end
     if not is_tensor(t) or t:numel() ~= p:numel() then
       error(("%s: '%s' has shape %s but parameter %d is %s"):format(fn, key,
         is_tensor(t) and shape_str(t) or type(t), i, shape_str(p)), 2)
     end
     state[i] = state[i] or {}
     state[i][k] = t:reshape(p:shape()):clone()
+    ::continue::
   end
   for i, s in pairs(state) do
     for _, k in ipairs(self.state_tensors) do

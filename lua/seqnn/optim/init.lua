@@ -35,7 +35,9 @@ function optim.clip_grad_norm(params, max_norm)
     end
     local g = p.grad
     if g ~= nil then
-      local v = g:reshape(-1)
+      -- a row-sparse gradient (autograd.row_sparse; its rows are distinct): the norm of its
+      -- values; its mul_ scales them in place below
+      local v = (sn.autograd.is_sparse(g) and g.values or g):reshape(-1)
       sq = sq + matmul(v, v):item()
     end
   end

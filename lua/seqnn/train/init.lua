@@ -264,6 +264,12 @@ function train.fit(opts)
       local list, has = {}, {}
       for i, p in ipairs(params) do
         local g = p.grad
+        if sn.autograd.is_sparse(g) then
+          -- sn.dist reduces dense buffers: a row-sparse gradient is densified here (its
+          -- rows differ across ranks), at the cost of one table-sized buffer per step
+          g = g:to_dense()
+          p.grad = g
+        end
         has[i] = g and 1 or 0
         if g == nil then
           g = sn.zeros(p:shape())
