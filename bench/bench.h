@@ -51,5 +51,8 @@ void bench_scan(void);
 void bench_linear_attention(void);
 void bench_block_sparse(void);
 void bench_sparse_lowp(void);
+void bench_hash_memory(void);
+void bench_product_key(void);
+void bench_binary_attention(void);
 
 #endif

@@ -183,6 +183,9 @@ static const struct {
     {"linear_attention", bench_linear_attention},
     {"block_sparse", bench_block_sparse},
     {"sparse_lowp", bench_sparse_lowp},
+    {"hash_memory", bench_hash_memory},
+    {"product_key", bench_product_key},
+    {"binary_attention", bench_binary_attention},
 };
 
 int main(int argc, char **argv) {

@@ -77,5 +77,10 @@ void sn_lua_open_linear_attention(lua_State *L);
 /* lsparse.c: BSR block-sparse kernels; lsparse_lowp.c: 2:4 and int8 BSR. */
 void sn_lua_open_sparse(lua_State *L);
 void sn_lua_open_sparse_lowp(lua_State *L);
+/* Registers core.k_product_key_* (lproduct_key.c). */
+void sn_lua_open_product_key(lua_State *L);
+void sn_lua_open_hash_memory(lua_State *L);
+/* Registers core.k_binary_attention_* (lbinary_attention.c). */
+void sn_lua_open_binary_attention(lua_State *L);
 
 #endif

@@ -149,6 +149,9 @@ int luaopen_seqnn_core(lua_State *L) {
   sn_lua_open_linear_attention(L);
   sn_lua_open_sparse(L);
   sn_lua_open_sparse_lowp(L);
+  sn_lua_open_product_key(L);
+  sn_lua_open_hash_memory(L);
+  sn_lua_open_binary_attention(L);
   lua_pop(L, 2);
 
   lua_pushvalue(L, module);

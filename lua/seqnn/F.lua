@@ -482,4 +482,181 @@ for _, name in ipairs({ "gated_linear_attention", "delta_rule" }) do
   end
 end
 
+-- hash_linear(x, tables [, bias] [, {bits = 8, score = "code"}]): MemoryFormer's memory
+-- layer, a linear map x (..., d_in) -> (..., d_out) made of K = d_in / bits lookup tables.
+-- tables (K * 2^bits, d_out): table k is rows k 2^bits .. (k+1) 2^bits - 1 (0-based), read
+-- at the code of chunk k = features k bits + 1 .. (k+1) bits (1-based), whose bit i is
+-- [z_i >= 0] for the chunk's feature i, least significant first (sgn(0) = +1). Each row is
+-- weighted by its chunk's score p: "code" (the released code, default) S * prod
+-- sigmoid(2|z_i|) with S = sum |z_i|; "paper" prod sigmoid(2|z_i|). bits in 1..16. One tape
+-- node; the gradient of tables is dense (every row a token did not read is zero).
+-- opts.packed: a copy of tables made by sn.core.k_hash_linear_pack (sn.nn.MemoryLayer:pack),
+-- read instead of tables when no gradient is recorded; the caller keeps it current.
+local hash_opts = { bits = true, score = true, packed = true }
+function F.hash_linear(x, tables, bias, opts)
+  if opts == nil and type(bias) == "table" and not core.is_tensor(bias) then bias, opts = nil, bias end
+  check_tensor("hash_linear", "x", x, 1)
+  check_tensor("hash_linear", "tables", tables, 2)
+  if bias ~= nil then check_tensor("hash_linear", "bias", bias, 3) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("seqnn.F.hash_linear: opts must be a table {bits =, score =}, got %s"):format(type(opts)), 2)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not hash_opts[k] then error(("seqnn.F.hash_linear: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local bits = opts.bits or 8
+  if math.type(bits) ~= "integer" or bits < 1 or bits > 16 then
+    error(("seqnn.F.hash_linear: bits must be an integer in 1..16, got %s"):format(tostring(bits)), 2)
+  end
+  local score = opts.score or "code"
+  if score ~= "code" and score ~= "paper" then
+    error(("seqnn.F.hash_linear: score must be 'code' or 'paper', got %s"):format(tostring(score)), 2)
+  end
+  local paper = score == "paper"
+  local save = autograd.is_enabled() and (tracked(x) or tracked(tables) or tracked(bias))
+  if opts.packed ~= nil then check_tensor("hash_linear", "opts.packed", opts.packed, 4) end
+  local y, codes, p = core.k_hash_linear_fwd(x, tables, bias, bits, paper, save, not save and opts.packed or nil)
+  if save then
+    record("hash_linear", { x, tables, bias, n = 3 }, y, function(g)
+      local dx, dt, db = core.k_hash_linear_bwd(g, x, tables, codes, p, bits, paper, tracked(x), tracked(tables),
+        tracked(bias))
+      codes:free(); p:free()
+      x, tables, codes, p = nil, nil, nil, nil
+      return dx, dt, db
+    end, true)
+  end
+  return y
+end
+
+-- ---- product-key memory (kernels/product_key.c; sn.nn.ProductKeyMemory) ---------------------
+-- product_key_topk(scores, k) -> idx (i64), values: the k largest along the last dim,
+-- descending, ties to the lower index. Indices only: not recorded on the tape.
+function F.product_key_topk(scores, k)
+  check_tensor("product_key_topk", "scores", scores, 1)
+  return core.k_product_key_topk(scores, k)
+end
+
+-- product_key_select(s1, s2, knn) -> slot (i64), score: s1, s2 (..., n) sub-key scores of
+-- the two query halves; the knn best of the n^2 sums s1[a] + s2[b] (slot a*n + b, 0-based),
+-- descending. score is differentiable (the selection is constant): d s1[a], d s2[b] get the
+-- score gradients of the slots they make up.
+function F.product_key_select(s1, s2, knn)
+  check_tensor("product_key_select", "s1", s1, 1)
+  check_tensor("product_key_select", "s2", s2, 2)
+  local slot, score = core.k_product_key_select(s1, s2, knn)
+  local n = s1:size(-1)
+  record("product_key_select", { s1, s2 }, score, function(g)
+    local d1, d2 = core.k_product_key_select_bwd(g, slot, n)
+    slot = nil
+    return d1, d2
+  end, true)
+  return slot, score
+end
+
+-- product_key_gather(values, idx, w) -> y (..., D) = sum_j w[..., j] values[idx[..., j]]:
+-- values (S, D), idx i64 (0-based rows) and w of one shape (..., J). The gradient of values
+-- is row-sparse (autograd.row_sparse): only the rows read, each once.
+function F.product_key_gather(values, idx, w)
+  check_tensor("product_key_gather", "values", values, 1)
+  check_tensor("product_key_gather", "idx", idx, 2)
+  check_tensor("product_key_gather", "w", w, 3)
+  local y = core.k_product_key_gather(values, idx, w)
+  record("product_key_gather", { values, w }, y, function(g)
+    local dw, rows, drows = core.k_product_key_gather_bwd(g, values, idx, w, tracked(w), tracked(values))
+    local gv = rows and autograd.row_sparse(rows, drows, values:shape()) or nil
+    values, idx, w = nil, nil, nil
+    return gv, dw
+  end, true)
+  return y
+end
+
+-- product_key_lookup(q, keys, values, knn) -> (..., D): the product-key memory read.
+-- q (..., H, k_dim) queries (already projected and normalized), keys (H, 2, n, k_dim/2)
+-- the two sub-key tables of each head, values (n*n, D) shared by the heads. Per head:
+-- scores of each half against its n sub-keys (batched GEMMs), knn best slots of the
+-- product set, softmax over their scores, weighted sum of the value rows; heads summed.
+function F.product_key_lookup(q, keys, values, knn)
+  local fn = "seqnn.F.product_key_lookup"
+  check_tensor("product_key_lookup", "q", q, 1)
+  check_tensor("product_key_lookup", "keys", keys, 2)
+  check_tensor("product_key_lookup", "values", values, 3)
+  if q:dim() < 2 then error(("%s: q must be (..., H, k_dim), got %s"):format(fn, shape_str(q)), 2) end
+  local H, kd = q:size(-2), q:size(-1)
+  if keys:dim() ~= 4 or keys:size(1) ~= H or keys:size(2) ~= 2 or keys:size(4) * 2 ~= kd then
+    error(("%s: keys must be (H, 2, n, k_dim/2) = (%d, 2, n, %s) for q %s, got %s"):format(fn, H,
+      kd % 2 == 0 and tostring(kd // 2) or (kd .. "/2"), shape_str(q), shape_str(keys)), 2)
+  end
+  local n = keys:size(3)
+  if values:dim() ~= 2 or values:size(1) ~= n * n then
+    error(("%s: values must be (n^2, D) = (%d, D) for %d sub-keys, got %s"):format(fn, n * n, n, shape_str(values)), 2)
+  end
+  if math.type(knn) ~= "integer" or knn < 1 or knn > n then
+    error(("%s: knn must be an integer in [1, %d] (the sub-keys per half), got %s"):format(fn, n, tostring(knn)), 2)
+  end
+  local lead = q:shape()
+  lead[#lead], lead[#lead - 1] = nil, nil
+  local N = q:numel() // math.max(H * kd, 1)
+  -- halves first, so that s1 and s2 are contiguous slices of the scores (no copies)
+  local q4 = q:reshape(N, H, 2, kd // 2):permute(3, 2, 1, 4)          -- (2, H, N, k_dim/2)
+  local s = q4:matmul(keys:permute(2, 1, 4, 3))                        -- (2, H, N, n)
+  local slot, score = F.product_key_select(s:select(1, 1), s:select(1, 2), knn) -- (H, N, knn)
+  local w = F.softmax(score)
+  local idx = slot:permute(2, 1, 3):reshape(N, H * knn)
+  local y = F.product_key_gather(values, idx, w:permute(2, 1, 3):reshape(N, H * knn))
+  lead[#lead + 1] = values:size(2)
+  return y:reshape(lead)
+end
+
+-- binary_attention(y, v [, opts]): EcoFormer's causal binary-code attention. y (B,T,H,b)
+-- are real hash pre-activations, 1 <= b <= 64, binarized inside as h = sign(y) (sign(0) =
+-- +1); v (B,T,H,Dv). Per (batch, head), with c = b + 1 (every weight >= 1):
+--   out_i = sum_{j<=i} (h_i.h_j + c) v_j / sum_{j<=i} (h_i.h_j + c)       -> (B,T,H,Dv)
+-- in linear time (popcount similarities within 64-token chunks, a (b+1)x(Dv+1) prefix state
+-- across them). Gradients reach v, opts.initial_state, and y through the straight-through
+-- estimator of sign: dy = dh * 1[|y| < 1]. opts: initial_state (B,H,b+1,Dv+1) (rows n < b:
+-- sum h_n v^T and sum h_n; row b: sum v and the token count), return_state (the final state
+-- is the second result). One tape node.
+function F.binary_attention(y, v, opts)
+  check_tensor("binary_attention", "y", y, 1)
+  check_tensor("binary_attention", "v", v, 2)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("seqnn.F.binary_attention: opts must be a table {initial_state =, return_state =}, got %s"):format(
+      type(opts)), 2)
+  end
+  opts = opts or {}
+  for key in pairs(opts) do
+    if key ~= "initial_state" and key ~= "return_state" then
+      error(("seqnn.F.binary_attention: unknown option '%s' (known: initial_state, return_state)"):format(
+        tostring(key)), 2)
+    end
+  end
+  local s0, want_state = opts.initial_state, opts.return_state == true
+  if s0 ~= nil and not core.is_tensor(s0) then
+    error(("seqnn.F.binary_attention: opts.initial_state must be a seqnn.Tensor, got %s"):format(type(s0)), 2)
+  end
+  local out, den, codes, final = core.k_binary_attention_fwd(y, v, s0, want_state)
+  local recorded = record("binary_attention", { y, v, s0, n = 3 }, want_state and { out, final } or out,
+    function(gout, gfinal)
+      gout = gout or core.zeros(out:shape())
+      local dy, dv, ds0 = core.k_binary_attention_bwd(gout, gfinal, out, den, codes, y, v, s0, tracked(s0))
+      den:free(); codes:free()
+      y, v, s0, den, codes = nil, nil, nil, nil, nil
+      return dy, dv, ds0
+    end, true)
+  if not recorded then den:free(); codes:free() end
+  if want_state then return out, final end
+  return out
+end
+
+-- binary_attention_step(y, v, state): one decoding step of binary_attention; y (B,1,H,b),
+-- v (B,1,H,Dv), state (B,H,b+1,Dv+1) contiguous, updated in place. Returns out (B,1,H,Dv),
+-- equal to binary_attention's row for that token. O(H b Dv), not recorded on the tape.
+function F.binary_attention_step(y, v, state)
+  check_tensor("binary_attention_step", "y", y, 1)
+  check_tensor("binary_attention_step", "v", v, 2)
+  check_tensor("binary_attention_step", "state", state, 3)
+  return core.k_binary_attention_step(state, y, v)
+end
+
 return F

@@ -1,0 +1,6 @@
+/* simd/binary_attention_scalar.c -- the binary-code attention sweeps in portable C (see
+ * simd/binary_attention.h): popcount through the compiler's builtin, vectors of 4 floats. */
+#define BA_TABLE sn_ba_scalar
+#define BA_NAME "scalar"
+#define BA_TILE_IMPL
+#include "simd/binary_attention.h"

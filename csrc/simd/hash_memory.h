@@ -1,0 +1,60 @@
+/* simd/hash_memory.h -- internal: the inner loops of kernels/hash_memory.c (MemoryFormer's
+ * memory layer), one table per instruction set. hash_memory_tile.h holds the code once,
+ * written with GCC vector types of one register; hash_memory_{scalar,avx2,avx512}.c compile
+ * it with their ISA flags, and hash_memory.c picks the table matching sn_vec (so SEQNN_SIMD
+ * lowers it like every other kernel).
+ *
+ * A task covers tokens [n0, n1), tables [k0, k1) and columns [c0, c0 + nc) with nc <=
+ * HM_CB: the accumulators of one token's column block stay in registers while it walks the
+ * block's tables. The tables' columns are not read in place but from a slice (a panel):
+ * row (k - k0) R + code of the panel, HM_CB floats apart, holds columns c0 .. c0 + nc - 1 of
+ * table k's row `code`. (In place, rows d_out floats apart -- 4 KiB at d_out = 1024 -- map
+ * a block's few lines per row to a few sets of L1 and L2, which thrashed: 20x slower.)
+ * For the same reason gather sums into a panel of y's columns, not into y's rows. */
+#ifndef SN_SIMD_HASH_MEMORY_H
+#define SN_SIMD_HASH_MEMORY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Columns per block: 4 AVX-512 registers of accumulators (8 with AVX2), and a row slice of
+ * 256 bytes, so that a block of tables x 2^bits rows of it fits L2 (see hash_memory.c). */
+#define HM_CB 64 /* = SN_HASH_PANEL */
+
+typedef struct hm_task {
+  int64_t n0, n1, k0, k1, c0, nc;
+  int64_t K, R, dout;   /* tables, rows per table (2^bits), row length of tables, y and dy */
+  const int64_t *h;     /* (N, K) codes, each in [0, R) */
+  const float *p;       /* (N, K) scores */
+  const float *tab;     /* gather, dot: the panel of tables [k0, k1), columns [c0, c0 + nc) */
+  const float *bias;    /* gather with first: (dout) or NULL for zeros */
+  const float *dy;      /* dot, scatter: (N, dout) */
+  float *out;           /* gather: a panel of y, row n - n0 at out + (n - n0) HM_CB;
+                         * dot: dp (N, K); scatter: the panel of dtables */
+  bool first;           /* gather: start from the bias, not from y's partial sums */
+  const uint32_t *tab16; /* gather_bf16: the panel in bf16 pairs, HM_CB / 2 words a row (see below) */
+  const char *next;     /* gather: NULL, or memory to fetch towards L2 while summing ... */
+  int64_t next_bytes;   /* ... (the next panel of a packed copy), spread over the tokens */
+} hm_task;
+
+typedef struct sn_hash_memory_ops {
+  const char *name;
+  /* With T[k, r, c] = table k's row r, column c (read from or added to the panel):
+   * Y[n, c] = (first ? bias[c] : Y[n, c]) + sum_{k0 <= k < k1} p[n,k] T[k, h[n,k], c]
+   * (Y: the panel of y),
+   * tables added in order k0, k0+1, ... */
+  void (*gather)(const hm_task *t);
+  /* gather from bf16 panels: word w of a row holds columns c = (w / 16) 32 + w % 16 in its
+   * low half and c + 16 in its high half, so that one vector of words gives two vectors of
+   * floats (shift, mask) that are whole column runs. All HM_CB columns are summed (the
+   * panel is zero past d_out); first starts from zeros (the caller adds the bias). */
+  void (*gather_bf16)(const hm_task *t);
+  /* dp[n, k] += sum_c T[k, h[n,k], c] dy[n, c] over the task's columns. */
+  void (*dot)(const hm_task *t);
+  /* T[k, h[n,k], c] += p[n,k] dy[n, c], tokens in order n0, n0+1, ... */
+  void (*scatter)(const hm_task *t);
+} sn_hash_memory_ops;
+
+extern const sn_hash_memory_ops sn_hash_memory_scalar, sn_hash_memory_avx2, sn_hash_memory_avx512;
+
+#endif
