@@ -116,7 +116,7 @@ describe("seqnn.nn.TransformerBlock", function()
     local lin = sn.nn.Linear(16, 16)
     assert.are.equal(lin, sn.nn.TransformerBlock(16, 2, { mixer = lin }).mixer)
     has(err_of(function() sn.nn.TransformerBlock(16, 2, { mlp = "relu" }) end),
-      "seqnn.nn.TransformerBlock: mlp must be 'gelu', 'swiglu' or 'none', got relu")
+      "seqnn.nn.TransformerBlock: mlp must be 'gelu', 'swiglu', 'memory', 'pkm' or 'none', got relu")
     has(err_of(function() sn.nn.TransformerBlock(16, 2, { mixer = "nope" }) end),
       "seqnn.models.mixers: unknown mixer 'nope' (known: attention")
   end)

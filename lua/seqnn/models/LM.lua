@@ -9,11 +9,15 @@
 --              {"attention", "mamba", ...} or the same names joined by commas
 --   positions  "rope": q and k are rotated (sn.F.rope), no position table, any length;
 --              "learned": a (context, d) table added to the embeddings, at most context
---   mlp        "gelu", "swiglu", or "none" (Mamba's blocks: LM{..., mixer = "mamba", mlp = "none"})
+--   mlp        "gelu", "swiglu", "memory" (MemoryFormer's), "pkm" (product-key memory), or "none"
+--              (Mamba's blocks: LM{..., mixer = "mamba", mlp = "none"})
 --   d_state, d_conv, expand, dt_rank, selective, bidirectional: passed to "mamba" mixers
 --   (d_state, d_conv, expand, headdim to "mamba2"; d_conv to "deltanet" and "gla", whose
 --   short convolution is off without it); swa_window to
---   "swa" and "liger"; feature_map to "linear" and "transnormer"; diag_block to "transnormer"
+--   "swa" and "liger"; feature_map to "linear" and "transnormer"; diag_block to "transnormer";
+--   memory_bits to "memory_attention" and mlp = "memory"; ecoformer_bits to "ecoformer";
+--   pkm_keys, pkm_heads, pkm_knn, pkm_k_dim to mlp = "pkm"
+--   (a MemoryFormer: LM{..., mixer = "memory_attention", mlp = "memory"})
 -- Decoding: cache = model:init_cache(batch, max_len), then model:step(ids, cache) with the
 -- prompt and then one token at a time; each call returns the logits of its tokens.
 local sn = require "seqnn"
@@ -35,7 +39,8 @@ local defaults = { d = 128, layers = 4, heads = 4, context = 64, mixer = "attent
 -- Options that only some mixers read (Mamba's), passed through to the mixer builders.
 local optional = { vocab_size = true, vocab = true, kv_heads = true, window = true, d_state = true, d_conv = true,
                    expand = true, dt_rank = true, selective = true, bidirectional = true, headdim = true,
-                   feature_map = true, diag_block = true, swa_window = true }
+                   feature_map = true, diag_block = true, swa_window = true, memory_bits = true,
+                   ecoformer_bits = true, pkm_keys = true, pkm_heads = true, pkm_knn = true, pkm_k_dim = true }
 
 -- Raised from resolve, through __init and the class constructor, at the caller's line.
 local function fail(fmt, ...) error(NAME .. ": " .. fmt:format(...), 5) end
@@ -103,7 +108,8 @@ function LM:__init(opts)
   for i = 1, config.layers do
     local mixer = mixers.build(names[i], cfg, i)
     blocks[i] = TransformerBlock(d, config.heads, { mixer = mixer, mlp = config.mlp, norm = config.norm,
-      bias = config.bias, dropout = config.dropout })
+      bias = config.bias, dropout = config.dropout, memory_bits = config.memory_bits, pkm_keys = config.pkm_keys,
+      pkm_heads = config.pkm_heads, pkm_knn = config.pkm_knn, pkm_k_dim = config.pkm_k_dim })
   end
   self:add_module("blocks", ModuleList(blocks))
   self:add_module("norm", config.norm == "rmsnorm" and RMSNorm(d) or LayerNorm(d))

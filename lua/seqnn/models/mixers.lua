@@ -1,6 +1,7 @@
 -- sn.models.mixers: token mixers by name, so a model config can say which layer mixes
--- tokens how: "attention", "swa" (sliding-window attention), "mamba", and the linear-time
--- family "linear", "transnormer", "retnet", "gla", "liger", "mamba2", "deltanet". Other
+-- tokens how: "attention", "swa" (sliding-window attention), "mamba", the linear-time
+-- family "linear", "transnormer", "retnet", "gla", "liger", "mamba2", "deltanet", and the
+-- hashing ones "memory_attention" (MemoryFormer's) and "ecoformer". Other
 -- mixers register themselves the same way.
 --
 --   sn.models.mixers.register("attention", function(cfg, layer_index) return module end)
@@ -20,6 +21,8 @@ local GLA = require "seqnn.nn.GLA"
 local Liger = require "seqnn.nn.Liger"
 local Mamba2 = require "seqnn.nn.Mamba2"
 local DeltaNet = require "seqnn.nn.DeltaNet"
+local MemoryAttention = require "seqnn.nn.MemoryAttention"
+local EcoFormer = require "seqnn.nn.EcoFormer"
 local class = require "seqnn.class"
 
 local mixers = {}
@@ -107,6 +110,18 @@ end)
 
 mixers.register("deltanet", function(cfg)
   return DeltaNet(cfg.d, cfg.heads, { d_conv = cfg.d_conv, bias = cfg.bias })
+end)
+
+-- EcoFormer's binary-code attention; cfg.ecoformer_bits (default 16) hash bits per head.
+mixers.register("ecoformer", function(cfg)
+  return EcoFormer(cfg.d, cfg.heads, { bits = cfg.ecoformer_bits, bias = cfg.bias })
+end)
+
+-- MemoryFormer's attention: q, k, v from one memory layer of cfg.memory_bits (default 8)
+-- bits, no output projection; pair it with mlp = "memory" for the paper's blocks.
+mixers.register("memory_attention", function(cfg)
+  return MemoryAttention(cfg.d, cfg.heads, { bits = cfg.memory_bits, rope = cfg.rope, rope_base = cfg.rope_base,
+    window = cfg.window, bias = cfg.bias })
 end)
 
 return mixers

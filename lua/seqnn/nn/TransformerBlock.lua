@@ -6,6 +6,9 @@ local LayerNorm = require "seqnn.nn.LayerNorm"
 local RMSNorm = require "seqnn.nn.RMSNorm"
 local MLP = require "seqnn.nn.MLP"
 local SwiGLU = require "seqnn.nn.SwiGLU"
+local MemoryLayer = require "seqnn.nn.MemoryLayer"
+local Sequential = require "seqnn.nn.Sequential"
+local ProductKeyMemory = require "seqnn.nn.ProductKeyMemory"
 local Dropout = require "seqnn.nn.Dropout"
 local TransformerBlock = sn.class("seqnn.nn.TransformerBlock", Module)
 
@@ -19,7 +22,11 @@ local NAME = "seqnn.nn.TransformerBlock"
 --           (default: MultiheadAttention(d, heads, opts))
 --   mlp     "gelu": Linear(d, hidden) GELU Linear(hidden, d), hidden = 4d by default;
 --           "swiglu": sn.nn.SwiGLU(d, hidden), hidden = 8d/3 rounded up to a multiple of 8;
---           "none": no second half, y = h (Mamba's blocks: the mixer has the parameters)
+--           "none": no second half, y = h (Mamba's blocks: the mixer has the parameters);
+--           "memory": MemoryFormer's FFN, MemoryLayer(d, K (b+2)) LayerNorm MemoryLayer(K (b+2),
+--           d, {bits = b+2}) with b = memory_bits (default 8) and K = d / b tables;
+--           "pkm": sn.nn.ProductKeyMemory(d, d, {n_keys = pkm_keys, heads = pkm_heads,
+--           knn = pkm_knn, k_dim = pkm_k_dim}) (ProductKeyMemory's defaults where not given)
 --   norm    "layernorm" or "rmsnorm"
 function TransformerBlock:__init(d, heads, opts)
   Module.__init(self)
@@ -32,8 +39,13 @@ function TransformerBlock:__init(d, heads, opts)
     error(("%s: norm must be 'layernorm' or 'rmsnorm', got %s"):format(NAME, tostring(opts.norm)), 3)
   end
   local kind = opts.mlp or "gelu"
-  if kind ~= "gelu" and kind ~= "swiglu" and kind ~= "none" then
-    error(("%s: mlp must be 'gelu', 'swiglu' or 'none', got %s"):format(NAME, tostring(kind)), 3)
+  if kind ~= "gelu" and kind ~= "swiglu" and kind ~= "none" and kind ~= "memory" and kind ~= "pkm" then
+    error(("%s: mlp must be 'gelu', 'swiglu', 'memory', 'pkm' or 'none', got %s"):format(NAME, tostring(kind)), 3)
+  end
+  local bits = opts.memory_bits or 8
+  if kind == "memory" and (math.type(bits) ~= "integer" or bits < 1 or bits > 14 or d % bits ~= 0) then
+    error(("%s: mlp 'memory' needs memory_bits, an integer in 1..14 dividing d = %d, got %s"):format(NAME, d,
+      tostring(bits)), 3)
   end
   local hidden = opts.hidden or (kind == "gelu" and 4 * d or (8 * d // 3 + 7) // 8 * 8)
   local mixer = opts.mixer
@@ -53,6 +65,16 @@ function TransformerBlock:__init(d, heads, opts)
   elseif kind == "swiglu" then
     self:add_module("norm2", norm(d))
     self:add_module("mlp", SwiGLU(d, hidden))
+  elseif kind == "memory" then
+    -- the paper's extra_bit expansion: K tables of b bits in, K chunks of b + 2 bits out
+    local K, bias = d // bits, opts.bias == true
+    self:add_module("norm2", norm(d))
+    self:add_module("mlp", Sequential(MemoryLayer(d, K * (bits + 2), { bits = bits, bias = bias }),
+      LayerNorm(K * (bits + 2)), MemoryLayer(K * (bits + 2), d, { bits = bits + 2, bias = bias })))
+  elseif kind == "pkm" then
+    self:add_module("norm2", norm(d))
+    self:add_module("mlp", ProductKeyMemory(d, d, { n_keys = opts.pkm_keys, heads = opts.pkm_heads,
+      knn = opts.pkm_knn, k_dim = opts.pkm_k_dim }))
   end
   if (opts.dropout or 0) > 0 then self:add_module("drop", Dropout(opts.dropout)) end
 end

@@ -14,11 +14,14 @@
 --   sn.nn.SparseLinear(in, out [, {sparsity = 0.9, block = {4, 4}} | {pattern = "2:4"}])
 --   sn.nn.MaskedLinear(linear, mask [, decay])   (made by sn.sparse.prune)
 --   sn.nn.KVCache(batch, kv_heads, max_len, head_dim)   (decoding state, not a Module)
+--   sn.nn.MemoryLayer(d_in, d_out [, {bits = 8, chunks, bias, score}])   sn.nn.MemoryAttention(d, heads [, {bits}])
+--   sn.nn.ProductKeyMemory(d_in, d_out [, {n_keys = 256, k_dim = 128, heads = 4, knn = 32, query_norm}])
 local nn = {}
 for _, name in ipairs({ "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
                         "SiLU", "Tanh", "Sequential", "ModuleList", "MLP", "SwiGLU", "KVCache",
                         "MultiheadAttention", "Mamba", "LinearAttention", "DiagAttention", "RetNet", "GLA",
-                        "Liger", "Mamba2", "DeltaNet", "TransformerBlock", "MaskedLinear", "SparseLinear" }) do
+                        "Liger", "Mamba2", "DeltaNet", "TransformerBlock", "MaskedLinear", "SparseLinear", "EcoFormer",
+                        "ProductKeyMemory", "MemoryLayer", "MemoryAttention" }) do
   nn[name] = require("seqnn.nn." .. name)
 end
 return nn
