@@ -15,7 +15,9 @@
  *   cache sets: 5x slower), and the sums go to a panel of y (up to MAX_TOKENS tokens) that
  *   collects the blocks in order and is copied to y at the end. A packed copy of the tables
  *   (sn_hash_linear_pack, f32 or bf16) is laid out as those panels already: no copy, and
- *   the next panel is prefetched while the current one is summed.
+ *   the next panel is prefetched while the current one is summed. Hashing also writes the
+ *   codes as panel row numbers and the scores, token by token within each table block
+ *   (hm_task.off, .ps), so that gather reads them as one stream.
  * dot (bwd, dp[n,k] = <row, dy[n]>): the same traversal, with a thread per range of tokens
  *   so that dp's sums over column blocks need no reduction between threads.
  * scatter (bwd, dtables): tasks own (table block, column block) pairs, so no two threads
@@ -249,20 +251,28 @@ sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_ten
   const int64_t own = (codes ? 0 : N * K) + (p ? 0 : (N * K + 1) / 2), per = row_scratch(d.din);
   const int64_t pf = panel_floats(&d);
   const int64_t yf = MAX_TOKENS * HM_CB;
-  int64_t *ws = sn_ctx_workspace(ctx, (size_t)(own + (per + pf + yf) * nt / 2 + 16) * sizeof(int64_t));
+  /* then the codes and scores regrouped by table block (hm_task.off, .ps): N K words each */
+  int64_t *ws = sn_ctx_workspace(ctx, (size_t)(own + (per + pf + yf) * nt / 2 + N * K + 24) * sizeof(int64_t));
   if (!ws) return SN_ENOMEM;
   int64_t *ph = codes ? sn_i64(codes) : ws;
   float *pp = p ? sn_f32(p) : (float *)(void *)(ws + (codes ? 0 : N * K));
   float *scratch = (float *)(void *)(ws + (own + 7) / 8 * 8), *panels = scratch + per * nt;
+  uint32_t *offs = (uint32_t *)(void *)(panels + ((pf + yf) * nt + 15) / 16 * 16);
+  float *pss = (float *)(void *)(offs + (N * K + 15) / 16 * 16);
   const float *px = sn_f32(x);
+  const sn_hash_memory_ops *ops = hm_ops();
+  const int64_t ncb = (dout + HM_CB - 1) / HM_CB, tb = table_block(&d);
 #pragma omp parallel for schedule(static) num_threads(nt) if (N * d.din > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
     float *u = scratch + per * omp_get_thread_num();
     hash_row(&d, score, px + n * d.din, ph + n * K, pp + n * K, NULL, NULL, u, u + d.din);
+    for (int64_t k0 = 0; k0 < K; k0 += tb) {
+      int64_t kw = k0 + tb < K ? tb : K - k0, at = k0 * N + n * kw;
+      for (int64_t k = 0; k < kw; k++)
+        offs[at + k] = (uint32_t)(k * d.R + ph[n * K + k0 + k]), pss[at + k] = pp[n * K + k0 + k];
+    }
   }
   /* Column blocks, split further into token ranges when there are too few to share. */
-  const sn_hash_memory_ops *ops = hm_ops();
-  const int64_t ncb = (dout + HM_CB - 1) / HM_CB, tb = table_block(&d);
   int64_t nrange = ncb >= 2 * nt ? 1 : (2 * nt + ncb - 1) / ncb;
   if (nrange < (N + MAX_TOKENS - 1) / MAX_TOKENS) nrange = (N + MAX_TOKENS - 1) / MAX_TOKENS;
   if (nrange > N) nrange = N;
@@ -279,7 +289,7 @@ sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_ten
                  .nc = dout - c0 < HM_CB ? dout - c0 : HM_CB, .K = K, .R = d.R, .dout = dout, .h = ph,
                  .p = pp, .tab = panel, .bias = pb, .out = ypanel, .first = true};
     for (int64_t k0 = 0; k0 < K || t.first; k0 += tb) {
-      t.k0 = k0, t.k1 = k0 + tb < K ? k0 + tb : K;
+      t.k0 = k0, t.k1 = k0 + tb < K ? k0 + tb : K, t.off = offs + k0 * N, t.ps = pss + k0 * N;
       if (pk) {
         /* The packed panels of a column block follow each other: while this one is summed,
          * the next is fetched (the first, before). */

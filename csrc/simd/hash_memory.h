@@ -35,6 +35,12 @@ typedef struct hm_task {
   const uint32_t *tab16; /* gather_bf16: the panel in bf16 pairs, HM_CB / 2 words a row (see below) */
   const char *next;     /* gather: NULL, or memory to fetch towards L2 while summing ... */
   int64_t next_bytes;   /* ... (the next panel of a packed copy), spread over the tokens */
+  /* gather, gather_bf16 (instead of h and p): token n's codes as panel rows,
+   * off[n kw + k - k0] = (k - k0) R + h[n,k], and its scores ps[n kw + k - k0] = p[n,k],
+   * kw = k1 - k0 (contiguous per token: a stream the hardware prefetches, where h and p's
+   * rows are K entries apart) */
+  const uint32_t *off;
+  const float *ps;
 } hm_task;
 
 typedef struct sn_hash_memory_ops {

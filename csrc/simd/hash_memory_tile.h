@@ -7,7 +7,9 @@
  * contraction is on (C11 mode turns it off) so that acc + p * row is one FMA.
  *
  * The panel a task reads is in L2 (the caller sized it so); prefetching the next token's
- * rows from there did not help. What gather does fetch ahead, spread over its tokens, is
+ * rows from there did not help. Codes come as panel row numbers laid out per table block
+ * (hm_task.off): read in place, h's rows K entries apart missed the cache at the head of
+ * every chain code -> row -> FMA. What gather does fetch ahead, spread over its tokens, is
  * the next panel of a packed copy (t->next), which comes from memory. */
 #pragma GCC optimize("fp-contract=fast")
 
@@ -67,7 +69,8 @@ INLINE void fetch_next(const hm_task *t, int64_t n) {
 }
 
 INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) {
-  const int64_t K = t->K, R = t->R;
+  const int64_t kw = t->k1 - t->k0;
+  const float *tab = t->tab;
   for (int64_t n = t->n0; n < t->n1; n++) {
     fetch_next(t, n);
     vf acc[NV] = {0}; /* all set below; the zeros quiet -Wmaybe-uninitialized for runtime nv */
@@ -75,14 +78,14 @@ INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) 
 #pragma GCC unroll 16
     for (int j = 0; j < nv; j++)
       acc[j] = !t->first ? get(yr + j * VW, j, nv, m) : t->bias ? get(t->bias + c + j * VW, j, nv, m) : splat(0.0f);
-    const int64_t *hn = t->h + n * K;
-    const float *pn = t->p + n * K;
+    const uint32_t *on = t->off + n * kw;
+    const float *pn = t->ps + n * kw;
     /* Odd tables into a second set of sums: two FMA chains of half the length (a chain of
      * 16 dependent FMAs per token bounded the loop, not the loads). */
     vf odd[NV] = {0};
-    int64_t k = t->k0;
-    for (; k + 1 < t->k1; k += 2) {
-      const float *r0 = t->tab + ((k - t->k0) * R + hn[k]) * HM_CB, *r1 = r0 + (R + hn[k + 1] - hn[k]) * HM_CB;
+    int64_t k = 0;
+    for (; k + 1 < kw; k += 2) {
+      const float *r0 = tab + (int64_t)on[k] * HM_CB, *r1 = tab + (int64_t)on[k + 1] * HM_CB;
       vf s0 = splat(pn[k]), s1 = splat(pn[k + 1]);
 #pragma GCC unroll 16
       for (int j = 0; j < nv; j++) {
@@ -90,8 +93,8 @@ INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) 
         odd[j] += s1 * get(r1 + j * VW, j, nv, m);
       }
     }
-    for (; k < t->k1; k++) {
-      const float *row = t->tab + ((k - t->k0) * R + hn[k]) * HM_CB;
+    if (k < kw) {
+      const float *row = tab + (int64_t)on[k] * HM_CB;
       vf s = splat(pn[k]);
 #pragma GCC unroll 16
       for (int j = 0; j < nv; j++) acc[j] += s * get(row + j * VW, j, nv, m);
@@ -110,38 +113,34 @@ static void gather(const hm_task *t) {
   }
 }
 
+/* Adds s times the bf16 row r (HM_CB / 2 words) into a. */
+INLINE void add_bf16(vf *a, vf s, const uint32_t *r) {
+#pragma GCC unroll 16
+  for (int o = 0; o < HM_CB / 2; o += VW) {
+    vu w = *(const vu *)(r + o);
+    const int c = o / 16 * 32 + o % 16; /* the low halves' first column */
+    a[c / VW] += s * (vf)(w << 16);
+    a[(c + 16) / VW] += s * (vf)(w & 0xFFFF0000u);
+  }
+}
+
 static void gather_bf16(const hm_task *t) {
-  const int64_t K = t->K, R = t->R;
+  const int64_t kw = t->k1 - t->k0;
+  const uint32_t *tab = t->tab16;
   for (int64_t n = t->n0; n < t->n1; n++) {
     fetch_next(t, n);
-    vf acc[NV];
+    vf acc[NV], odd[NV]; /* two FMA chains, as in gather_cols */
     float *yr = t->out + (n - t->n0) * HM_CB;
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; j++) acc[j] = t->first ? splat(0.0f) : ld(yr + j * VW);
-    const int64_t *hn = t->h + n * K;
-    const float *pn = t->p + n * K;
-    vf odd[NV] = {0}; /* two FMA chains, as in gather_cols */
-    for (int64_t k = t->k0; k < t->k1; k += 2) {
-      const uint32_t *r0 = t->tab16 + ((k - t->k0) * R + hn[k]) * (HM_CB / 2);
-      vf s0 = splat(pn[k]);
-#pragma GCC unroll 16
-      for (int o = 0; o < HM_CB / 2; o += VW) {
-        vu w = *(const vu *)(r0 + o);
-        const int c = o / 16 * 32 + o % 16; /* the low halves' first column */
-        acc[c / VW] += s0 * (vf)(w << 16);
-        acc[(c + 16) / VW] += s0 * (vf)(w & 0xFFFF0000u);
-      }
-      if (k + 1 == t->k1) break;
-      const uint32_t *r1 = t->tab16 + ((k + 1 - t->k0) * R + hn[k + 1]) * (HM_CB / 2);
-      vf s1 = splat(pn[k + 1]);
-#pragma GCC unroll 16
-      for (int o = 0; o < HM_CB / 2; o += VW) {
-        vu w = *(const vu *)(r1 + o);
-        const int c = o / 16 * 32 + o % 16;
-        odd[c / VW] += s1 * (vf)(w << 16);
-        odd[(c + 16) / VW] += s1 * (vf)(w & 0xFFFF0000u);
-      }
+    for (int j = 0; j < NV; j++) acc[j] = t->first ? splat(0.0f) : ld(yr + j * VW), odd[j] = splat(0.0f);
+    const uint32_t *on = t->off + n * kw;
+    const float *pn = t->ps + n * kw;
+    int64_t k = 0;
+    for (; k + 1 < kw; k += 2) {
+      add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB / 2));
+      add_bf16(odd, splat(pn[k + 1]), tab + (int64_t)on[k + 1] * (HM_CB / 2));
     }
+    if (k < kw) add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB / 2));
 #pragma GCC unroll 16
     for (int j = 0; j < NV; j++) st(yr + j * VW, acc[j] + odd[j]);
   }
