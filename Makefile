@@ -155,6 +155,9 @@ bench: all $(BUILD)/bench/seqnn_bench $(MPI_BENCH)
 	@$(LUA_ENV) $(LUA) bench/bench_linear_attention.lua
 	@$(LUA_ENV) $(LUA) bench/bench_peers.lua
 	@$(LUA_ENV) SEQNN_GEMM=blas $(LUA) bench/bench_sparse.lua
+	@$(LUA_ENV) SEQNN_GEMM=blas $(LUA) bench/bench_memory_layer.lua
+	@$(LUA_ENV) $(LUA) bench/bench_ecoformer.lua
+	@$(LUA_ENV) $(LUA) bench/bench_pkm.lua
 	@$(LUA_ENV) BUILD=$(BUILD) $(LUA) bench/bench_dist.lua
 
 install: all
