@@ -5,8 +5,6 @@ local Dropout = require "seqnn.nn.Dropout"
 local KVCache = require "seqnn.nn.KVCache"
 local MultiheadAttention = sn.class("seqnn.nn.MultiheadAttention", Module)
 
-local NAME = "seqnn.nn.MultiheadAttention"
-
 -- MultiheadAttention(d, heads [, {kv_heads = heads, rope = true, rope_base = 10000,
 --                    window = nil, causal = true, bias = false, dropout = 0}]):
 -- self-attention over x (B,T,d) with head_dim = d / heads. One Linear projects x to the
@@ -14,9 +12,12 @@ local NAME = "seqnn.nn.MultiheadAttention"
 -- split by narrow views); kv_heads < heads shares each key/value head among a contiguous
 -- group of query heads (GQA; 1 is multi-query). rope rotates q and k by their positions
 -- (sn.F.rope); window limits each query to the window previous keys. dropout applies to
--- the output projection.
+-- the output projection. Subclasses change the projections (sn.nn.MemoryAttention):
+-- opts.qkv, a module mapping d to the (heads + 2 kv_heads) * head_dim outputs in place of
+-- the Linear, and opts.proj = false for no output projection.
 function MultiheadAttention:__init(d, heads, opts)
   Module.__init(self)
+  local NAME = self.__name -- a subclass's errors name the subclass
   opts = opts or {}
   local kv_heads = opts.kv_heads or heads
   for _, arg in ipairs({ { "d", d }, { "heads", heads }, { "kv_heads", kv_heads } }) do
@@ -45,8 +46,8 @@ function MultiheadAttention:__init(d, heads, opts)
   end
   self.d, self.heads, self.kv_heads, self.head_dim = d, heads, kv_heads, Dh
   self.rope_base, self.window, self.causal = opts.rope_base or 10000, window, opts.causal ~= false
-  self:add_module("qkv", Linear(d, (heads + 2 * kv_heads) * Dh, { bias = opts.bias == true }))
-  self:add_module("proj", Linear(d, d, { bias = opts.bias == true }))
+  self:add_module("qkv", opts.qkv or Linear(d, (heads + 2 * kv_heads) * Dh, { bias = opts.bias == true }))
+  if opts.proj ~= false then self:add_module("proj", Linear(d, d, { bias = opts.bias == true })) end
   if p > 0 then self:add_module("drop", Dropout(p)) end
 end
 
@@ -59,6 +60,7 @@ end
 -- continue the cached sequence: the first call (an empty cache) runs full causal attention
 -- over the prompt and stores its keys and values; later calls attend over the cache.
 function MultiheadAttention:forward(x, cache)
+  local NAME = self.__name
   if not sn.core.is_tensor(x) or x:dim() ~= 3 or x:size(3) ~= self.d then
     error(("%s: x must be (B,T,%d), got %s"):format(NAME, self.d,
       sn.core.is_tensor(x) and table.concat(x:shape(), "x") or type(x)), 2)
@@ -81,7 +83,8 @@ function MultiheadAttention:forward(x, cache)
     end
     o = cache:attend(q, k, v, self.window)
   end
-  o = self.proj(o:reshape(B, T, H * Dh))
+  o = o:reshape(B, T, H * Dh)
+  if self.proj then o = self.proj(o) end
   return self.drop and self.drop(o) or o
 end
 
