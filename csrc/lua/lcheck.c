@@ -117,6 +117,14 @@ sn_tensor *sn_lua_push_empty_like(lua_State *L, const char *fn, const sn_tensor 
   return sn_lua_push_empty(L, fn, dt, like->ndim, like->size);
 }
 
+sn_tensor *sn_lua_contiguous(lua_State *L, const char *fn, sn_tensor *t) {
+  if (sn_is_contiguous(t)) return t;
+  sn_tensor *c = sn_lua_push_empty_like(L, fn, t, t->dtype);
+  sn_status st = sn_copy(sn_lua_ctx(L), c, t);
+  if (st != SN_OK) sn_lua_raise(L, fn, st);
+  return c;
+}
+
 /* Integers, and floats with an integral value (2.0), as Lua's own string.rep does. */
 static int64_t to_int(lua_State *L, int idx, int *ok) {
   int isnum;

@@ -45,6 +45,8 @@ sn_tensor *sn_lua_push_tensor(lua_State *L);
  * memory runs out (after a full collection and one retry). */
 sn_tensor *sn_lua_push_empty(lua_State *L, const char *fn, sn_dtype dt, int ndim, const int64_t *size);
 sn_tensor *sn_lua_push_empty_like(lua_State *L, const char *fn, const sn_tensor *t, sn_dtype dt);
+/* t itself when contiguous, else a contiguous copy pushed on the stack. */
+sn_tensor *sn_lua_contiguous(lua_State *L, const char *fn, sn_tensor *t);
 
 /* Reads a shape given as varargs of integers from idx up to `last`, or as one table at idx.
  * Returns ndim. */

@@ -12,17 +12,9 @@
 
 #define CHECK(L, fn, st) do { sn_status st_ = (st); if (st_ != SN_OK) sn_lua_raise(L, fn, st_); } while (0)
 
-/* t itself when contiguous, else a contiguous copy pushed on the stack. */
-static sn_tensor *contig(lua_State *L, const char *fn, sn_tensor *t) {
-  if (sn_is_contiguous(t)) return t;
-  sn_tensor *c = sn_lua_push_empty_like(L, fn, t, t->dtype);
-  CHECK(L, fn, sn_copy(sn_lua_ctx(L), c, t));
-  return c;
-}
-
 /* An f32 tensor argument made contiguous. */
 static sn_tensor *arg_f32(lua_State *L, int idx, const char *fn, const char *arg) {
-  return contig(L, fn, sn_lua_check_tensor(L, idx, fn, arg, SN_F32));
+  return sn_lua_contiguous(L, fn, sn_lua_check_tensor(L, idx, fn, arg, SN_F32));
 }
 
 /* An f32 tensor that is updated in place: it must already be contiguous. */
@@ -52,7 +44,7 @@ static sn_tensor *opt_feature_param(lua_State *L, int idx, const char *fn, const
   if (w->ndim != 1 || w->size[0] != C)
     sn_lua_fail(L, "%s: %s has %lld elements but the last dim of x is %lld (x: %s, %s: %s)", fn, arg,
                 (long long)sn_numel(w), (long long)C, SN_SHAPE(x), arg, SN_SHAPE(w));
-  return contig(L, fn, w);
+  return sn_lua_contiguous(L, fn, w);
 }
 
 static sn_tensor *push_rows(lua_State *L, const char *fn, const sn_tensor *x) {
@@ -172,8 +164,8 @@ static void check_logits_targets(lua_State *L, int idx, const char *fn, sn_tenso
   if (t->ndim != 1 || t->size[0] != x->size[0])
     sn_lua_fail(L, "%s: targets has %lld elements but logits has %lld rows (logits: %s, targets: %s)", fn,
                 (long long)sn_numel(t), (long long)x->size[0], SN_SHAPE(x), SN_SHAPE(t));
-  *logits = contig(L, fn, x);
-  *targets = contig(L, fn, t);
+  *logits = sn_lua_contiguous(L, fn, x);
+  *targets = sn_lua_contiguous(L, fn, t);
 }
 
 /* loss, lse, count = k_cross_entropy_fwd(logits, targets [, ignore_index=-100 [, reduction='mean']])
@@ -234,7 +226,7 @@ static int l_embedding_fwd(lua_State *L) {
   lua_settop(L, 2);
   const char *fn = "seqnn.F.embedding";
   sn_tensor *w = arg_f32(L, 1, fn, "weight");
-  sn_tensor *ids = contig(L, fn, sn_lua_check_tensor(L, 2, fn, "ids", SN_I64));
+  sn_tensor *ids = sn_lua_contiguous(L, fn, sn_lua_check_tensor(L, 2, fn, "ids", SN_I64));
   if (w->ndim != 2) return sn_lua_fail(L, "%s: weight must be V x D (embeddings x dim), got %s", fn, SN_SHAPE(w));
   if (ids->ndim >= SN_MAX_DIMS)
     return sn_lua_fail(L, "%s: ids has %d dims; at most %d are supported", fn, ids->ndim, SN_MAX_DIMS - 1);
@@ -251,7 +243,7 @@ static int l_embedding_bwd(lua_State *L) {
   lua_settop(L, 3);
   const char *fn = "seqnn.F.embedding";
   sn_tensor *gy = arg_f32(L, 1, fn, "grad_output");
-  sn_tensor *ids = contig(L, fn, sn_lua_check_tensor(L, 2, fn, "ids", SN_I64));
+  sn_tensor *ids = sn_lua_contiguous(L, fn, sn_lua_check_tensor(L, 2, fn, "ids", SN_I64));
   int64_t V = sn_lua_check_int(L, 3, fn, "num_embeddings"), D = sn_last_dim(gy);
   if (V < 0) return sn_lua_fail(L, "%s: num_embeddings must be >= 0, got %lld", fn, (long long)V);
   bool ok = gy->ndim == ids->ndim + 1;
@@ -346,7 +338,7 @@ static int l_adamw_step(lua_State *L) {
   double b1 = check_range(L, 6, fn, "beta1", 0, 1), b2 = check_range(L, 7, fn, "beta2", 0, 1);
   double eps = check_range(L, 8, fn, "eps", 0, HUGE_VAL), wd = check_range(L, 9, fn, "weight_decay", 0, HUGE_VAL);
   int64_t step = sn_lua_check_int(L, 10, fn, "step");
-  g = contig(L, fn, g);
+  g = sn_lua_contiguous(L, fn, g);
   CHECK(L, fn, sn_adamw_step(sn_lua_ctx(L), p, m, v, g, lr, b1, b2, eps, wd, step));
   return 0;
 }
@@ -363,7 +355,7 @@ static int l_sgd_step(lua_State *L) {
   double lr = check_range(L, 4, fn, "lr", 0, HUGE_VAL), mom = check_range(L, 5, fn, "momentum", 0, HUGE_VAL);
   double damp = check_range(L, 6, fn, "dampening", 0, HUGE_VAL), wd = check_range(L, 7, fn, "weight_decay", 0, HUGE_VAL);
   bool nesterov = lua_toboolean(L, 8), first = lua_toboolean(L, 9);
-  g = contig(L, fn, g);
+  g = sn_lua_contiguous(L, fn, g);
   CHECK(L, fn, sn_sgd_step(sn_lua_ctx(L), p, buf, g, lr, mom, damp, wd, nesterov, first));
   return 0;
 }
@@ -400,7 +392,7 @@ static int l_adamw_rows_step(lua_State *L) {
   double lr = check_range(L, 7, fn, "lr", 0, HUGE_VAL);
   double b1 = check_range(L, 8, fn, "beta1", 0, 1), b2 = check_range(L, 9, fn, "beta2", 0, 1);
   double eps = check_range(L, 10, fn, "eps", 0, HUGE_VAL), wd = check_range(L, 11, fn, "weight_decay", 0, HUGE_VAL);
-  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  rows = sn_lua_contiguous(L, fn, rows), vals = sn_lua_contiguous(L, fn, vals);
   CHECK(L, fn, sn_adamw_rows_step(sn_lua_ctx(L), p, m, v, steps, rows, vals, lr, b1, b2, eps, wd));
   return 0;
 }
@@ -422,7 +414,7 @@ static int l_sgd_rows_step(lua_State *L) {
   double lr = check_range(L, 6, fn, "lr", 0, HUGE_VAL), mom = check_range(L, 7, fn, "momentum", 0, HUGE_VAL);
   double damp = check_range(L, 8, fn, "dampening", 0, HUGE_VAL), wd = check_range(L, 9, fn, "weight_decay", 0, HUGE_VAL);
   bool nesterov = lua_toboolean(L, 10);
-  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  rows = sn_lua_contiguous(L, fn, rows), vals = sn_lua_contiguous(L, fn, vals);
   CHECK(L, fn, sn_sgd_rows_step(sn_lua_ctx(L), p, buf, steps, rows, vals, lr, mom, damp, wd, nesterov));
   return 0;
 }
@@ -437,7 +429,7 @@ static int l_rows_coalesce(lua_State *L) {
   if (rows->ndim != 1 || vals->ndim < 1 || vals->size[0] != rows->size[0])
     sn_lua_fail(L, "%s: rows must be a vector and values have as many rows (rows: %s, values: %s)", fn,
                 SN_SHAPE(rows), SN_SHAPE(vals));
-  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  rows = sn_lua_contiguous(L, fn, rows), vals = sn_lua_contiguous(L, fn, vals);
   int64_t U;
   CHECK(L, fn, sn_rows_count(sn_lua_ctx(L), &U, rows, R));
   int64_t size[SN_MAX_DIMS];
@@ -456,7 +448,7 @@ static int l_rows_scatter_add(lua_State *L) {
   sn_tensor *d = arg_inplace(L, 1, fn, "dense");
   sn_tensor *rows = sn_lua_check_tensor(L, 2, fn, "rows", SN_I64), *vals = sn_lua_check_tensor(L, 3, fn, "values", SN_F32);
   need_rows_grad(L, fn, d, rows, vals);
-  rows = contig(L, fn, rows), vals = contig(L, fn, vals);
+  rows = sn_lua_contiguous(L, fn, rows), vals = sn_lua_contiguous(L, fn, vals);
   CHECK(L, fn, sn_rows_scatter_add(sn_lua_ctx(L), d, rows, vals));
   return 0;
 }

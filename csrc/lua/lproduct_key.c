@@ -18,13 +18,6 @@
 
 #define CHECK(L, fn, st) do { sn_status st_ = (st); if (st_ != SN_OK) sn_lua_raise(L, fn, st_); } while (0)
 
-static sn_tensor *contig(lua_State *L, const char *fn, sn_tensor *t) {
-  if (sn_is_contiguous(t)) return t;
-  sn_tensor *c = sn_lua_push_empty_like(L, fn, t, t->dtype);
-  CHECK(L, fn, sn_copy(sn_lua_ctx(L), c, t));
-  return c;
-}
-
 /* A tensor argument with at least one dim (the last is what the kernels work along). */
 static sn_tensor *arg_rows(lua_State *L, int idx, const char *fn, const char *arg, sn_dtype dt) {
   sn_tensor *t = sn_lua_check_tensor(L, idx, fn, arg, (int)dt);
@@ -66,7 +59,7 @@ static int l_topk(lua_State *L) {
   if (k < 1 || k > n)
     sn_lua_fail(L, "%s: k = %lld must be in [1, %lld], the size of the last dim (scores: %s)", FN_TOPK,
                 (long long)k, (long long)n, SN_SHAPE(s));
-  s = contig(L, FN_TOPK, s);
+  s = sn_lua_contiguous(L, FN_TOPK, s);
   sn_tensor *idx = push_last(L, FN_TOPK, s, SN_I64, k), *val = push_last(L, FN_TOPK, s, SN_F32, k);
   sn_tensor s2 = flat2(s), i2 = flat2(idx), v2 = flat2(val);
   CHECK(L, FN_TOPK, sn_product_key_topk(sn_lua_ctx(L), &i2, &v2, &s2, k));
@@ -83,7 +76,7 @@ static int l_select(lua_State *L) {
     sn_lua_fail(L, "%s: knn = %lld must be in [1, %lld], the number of sub-keys (s1: %s)", FN_SEL, (long long)k,
                 (long long)n, SN_SHAPE(s1));
   if (n > 3037000499LL) sn_lua_fail(L, "%s: %lld sub-keys: n^2 slots overflow", FN_SEL, (long long)n);
-  s1 = contig(L, FN_SEL, s1), s2 = contig(L, FN_SEL, s2);
+  s1 = sn_lua_contiguous(L, FN_SEL, s1), s2 = sn_lua_contiguous(L, FN_SEL, s2);
   sn_tensor *slot = push_last(L, FN_SEL, s1, SN_I64, k), *score = push_last(L, FN_SEL, s1, SN_F32, k);
   sn_tensor a = flat2(s1), b = flat2(s2), o = flat2(slot), v = flat2(score);
   CHECK(L, FN_SEL, sn_product_key_select(sn_lua_ctx(L), &o, &v, &a, &b, k));
@@ -97,7 +90,7 @@ static int l_select_bwd(lua_State *L) {
   same_shape_arg(L, FN_SEL, "grad_score", g, "slot", slot);
   int64_t n = sn_lua_check_int(L, 3, FN_SEL, "n");
   if (n < 1 || n > 3037000499LL) sn_lua_fail(L, "%s: n = %lld sub-keys is out of range", FN_SEL, (long long)n);
-  g = contig(L, FN_SEL, g), slot = contig(L, FN_SEL, slot);
+  g = sn_lua_contiguous(L, FN_SEL, g), slot = sn_lua_contiguous(L, FN_SEL, slot);
   sn_tensor *d1 = push_last(L, FN_SEL, g, SN_F32, n), *d2 = push_last(L, FN_SEL, g, SN_F32, n);
   sn_tensor a = flat2(d1), b = flat2(d2), gg = flat2(g), ss = flat2(slot);
   CHECK(L, FN_SEL, sn_product_key_select_bwd(sn_lua_ctx(L), &a, &b, &gg, &ss));
@@ -111,9 +104,9 @@ static void gather_args(lua_State *L, int at, sn_tensor **values, sn_tensor **id
   *w = arg_rows(L, at + 2, FN_GATHER, "w", SN_F32);
   if ((*values)->ndim != 2) sn_lua_fail(L, "%s: values must be (slots, D), got %s", FN_GATHER, SN_SHAPE(*values));
   same_shape_arg(L, FN_GATHER, "idx", *idx, "w", *w);
-  *values = contig(L, FN_GATHER, *values);
-  *idx = contig(L, FN_GATHER, *idx);
-  *w = contig(L, FN_GATHER, *w);
+  *values = sn_lua_contiguous(L, FN_GATHER, *values);
+  *idx = sn_lua_contiguous(L, FN_GATHER, *idx);
+  *w = sn_lua_contiguous(L, FN_GATHER, *w);
 }
 
 /* y = k_product_key_gather(values, idx, w) */
@@ -141,7 +134,7 @@ static int l_gather_bwd(lua_State *L) {
     if (dy->size[d] != idx->size[d])
       sn_lua_fail(L, "%s: grad_output must be idx's shape with the last dim D = %lld (grad_output: %s, idx: %s)",
                   FN_GATHER, (long long)D, SN_SHAPE(dy), SN_SHAPE(idx));
-  dy = contig(L, FN_GATHER, dy);
+  dy = sn_lua_contiguous(L, FN_GATHER, dy);
   bool want_dw = lua_toboolean(L, 5), want_dv = lua_toboolean(L, 6);
   sn_ctx *ctx = sn_lua_ctx(L);
   sn_tensor ii = flat2(idx), ww = flat2(w), gy = flat2(dy);
