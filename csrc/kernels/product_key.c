@@ -160,7 +160,7 @@ static topk_scratch scratch_at(char *p, int64_t n, int64_t k) {
   topk_scratch s;
   s.keys = (uint64_t *)p;
   s.pos = (int32_t *)(p + (size_t)n * 8);
-  s.gmax = (float *)(p + (size_t)n * 12);
+  s.gmax = (float *)(void *)(p + (size_t)n * 12);
   return s;
 }
 
@@ -267,7 +267,7 @@ sn_status sn_product_key_select(sn_ctx *ctx, sn_tensor *slot, sn_tensor *score, 
   {
     char *mine = ws + (size_t)omp_get_thread_num() * bytes;
     int64_t *ids = (int64_t *)mine;
-    float *vals = (float *)(mine + lines((size_t)per * sizeof(int64_t)));
+    float *vals = (float *)(void *)(mine + lines((size_t)per * sizeof(int64_t)));
     topk_scratch sc = scratch_at((char *)vals + lines((size_t)per * sizeof(float)), longest, k);
     float *v1 = vals, *v2 = vals + k, *cv = vals + 2 * k;
     int64_t *i1 = ids, *i2 = ids + k, *cid = ids + 2 * k;
@@ -417,7 +417,7 @@ sn_status sn_product_key_gather_bwd(sn_ctx *ctx, sn_tensor *dw, sn_tensor *rows,
   char *ws = sn_ctx_workspace(ctx, bytes);
   if (!ws) return SN_ENOMEM;
   int64_t *start = (int64_t *)ws, *tok = start + S + 1, *ustart = tok + NJ;
-  float *sw = (float *)(ustart + U + 1);
+  float *sw = (float *)(void *)(ustart + U + 1);
   memset(start, 0, (size_t)(S + 1) * 8);
   for (int64_t e = 0; e < NJ; e++) start[pi[e] + 1]++;
   int64_t distinct = 0;
