@@ -31,20 +31,6 @@ end
 
 local function flops_attention(T, bwd) return 2 * T * T * D * B * H * (bwd and 3.5 or 1) end
 
--- Medians of fa() and fb() over `samples` alternating runs after one warm-up of each, and
--- the median over samples of tb / ta.
-local function time2(fa, fb, samples)
-  fa(); if fb then fb() end
-  local ta, tb, ratio = {}, {}, {}
-  for i = 1, samples do
-    local t0 = sn.clock(); fa(); ta[i] = sn.clock() - t0
-    if fb then
-      t0 = sn.clock(); fb(); tb[i] = sn.clock() - t0
-      ratio[i] = tb[i] / ta[i]
-    end
-  end
-  return util.median(ta), fb and util.median(tb), fb and util.median(ratio)
-end
 
 -- One call of binary attention at length T (fwd, or fwd+bwd): a closure over its inputs.
 local function binary_call(T, bwd)
@@ -83,10 +69,11 @@ for _, bwd in ipairs({ false, true }) do
     local eco = binary_call(T, bwd)
     local with_attn = T <= 8192
     local samples = T <= 2048 and 7 or 3
-    local te, ta, x = time2(eco, with_attn and attention_call(T, bwd) or nil, samples)
+    local te, ta, x
+    if with_attn then ta, te, x = util.paired(attention_call(T, bwd), eco, samples) else te = util.time(eco, samples) end
     local per = ""
     if T ~= 1024 then
-      local _, _, r = time2(eco, base, samples) -- median of t_1024 / t_T
+      local _, _, r = util.paired(base, eco, samples) -- median of t_1024 / t_T
       per = ("per token x%.2f of T1024"):format(1024 / T / r)
     end
     local ref = with_attn and ("causal attention %.1f ms, %.1f GFLOP/s%s"):format(ta * 1e3,
@@ -106,7 +93,7 @@ do
     local ce, cm = eco:init_cache(1, ctxlen + 64), mha:init_cache(1, ctxlen + 64)
     eco(sn.randn(1, ctxlen, d), ce)
     mha(sn.randn(1, ctxlen, d), cm)
-    local te, tm, xr = time2(function() eco(x, ce) end, function() mha(x, cm) end, 31)
+    local tm, te, xr = util.paired(function() mha(x, cm) end, function() eco(x, ce) end, 31)
     row("EcoFormer step", ("d%d H8 ctx%d b%d"):format(d, ctxlen, BITS), te, nil, xr,
       ("MultiheadAttention step %.3f ms (KV cache)"):format(tm * 1e3))
   end)

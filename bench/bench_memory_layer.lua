@@ -33,22 +33,6 @@ print(("# OMP_WAIT_POLICY=%s OPENBLAS_CORETYPE=%s SEQNN_GEMM=%s"):format(os.gete
 print("# dense reference: sn.nn.Linear(1024, 1024) on " .. DENSE .. (OWN_GEMM and
   "; the issue's targets are against OpenBLAS: run with SEQNN_GEMM=blas" or ""))
 
--- fa (the reference) and fb (the row) alternately: medians, median ratio ta/tb, best ratio
-local function paired(fa, fb, samples)
-  fa(); fb()
-  local ta, tb, ratio = {}, {}, {}
-  for i = 1, samples do
-    collectgarbage() -- outside the timed calls
-    local t1 = sn.clock()
-    fa()
-    local t2 = sn.clock()
-    fb()
-    local t3 = sn.clock()
-    ta[i], tb[i], ratio[i] = t2 - t1, t3 - t2, (t2 - t1) / (t3 - t2)
-  end
-  local min_a, min_b = math.min(table.unpack(ta)), math.min(table.unpack(tb))
-  return util.median(ta), util.median(tb), util.median(ratio), min_a / min_b
-end
 
 sn.manual_seed(1)
 local lin = sn.nn.Linear(D_IN, D_OUT)
@@ -82,7 +66,7 @@ for _, variant in ipairs({ { "memory fwd f32", nil, 1e-6 }, { "memory fwd packed
   if method then mem[method](mem) end
   if checked(label, tol) then
     local td, tm, x_ref, best = sn.no_grad(function()
-      return paired(function() return lin(x) end, function() return mem(x) end, 15)
+      return util.paired(function() return lin(x) end, function() return mem(x) end, 15)
     end)
     results[#results + 1] = ("%s x%.2f (target >= 4x %s)"):format(label, x_ref, x_ref >= 4 and "met" or "NOT met")
     util.row(label, shape, tm, N * flops_mem, x_ref, ("Linear fwd %.4g ms; best x%.2f; %s"):format(td * 1e3, best,
@@ -102,7 +86,7 @@ local function step(layer)
     layer:zero_grad()
   end
 end
-local td, tm, x_ref, best = paired(step(lin), step(mem), 9)
+local td, tm, x_ref, best = util.paired(step(lin), step(mem), 9)
 results[#results + 1] = ("memory fwd+bwd x%.2f (target > 1x %s)"):format(x_ref, x_ref > 1 and "met" or "NOT met")
 util.row("memory fwd+bwd", shape, tm, 3 * N * flops_mem, x_ref, ("Linear fwd+bwd %.4g ms; best x%.2f"):format(
   td * 1e3, best))

@@ -24,16 +24,6 @@ local row = util.row
 local D, B, T, SAMPLES = 512, 4, 1024, 5
 local NTOK = B * T
 
--- Alternating samples of fa and fb: median seconds of each and the median of tb / ta.
-local function time2(fa, fb, samples)
-  fa(); fb()
-  local ta, tb, ratio = {}, {}, {}
-  for i = 1, samples do
-    local t0 = sn.clock(); fa(); local t1 = sn.clock(); fb(); local t2 = sn.clock()
-    ta[i], tb[i], ratio[i] = t1 - t0, t2 - t1, (t2 - t1) / (t1 - t0)
-  end
-  return util.median(ta), util.median(tb), util.median(ratio)
-end
 
 util.banner("bench_pkm.lua")
 util.header()
@@ -55,10 +45,10 @@ local pkm_flops = NTOK * (2 * D * 4 * 128 + 2 * 4 * 32 * D)
 local dense_flops = NTOK * 2 * 2 * D * 4 * D
 local shape = ("%dx%d, d %d"):format(B, T, D)
 
-local tp, td, x_fb = time2(step_of(pkm), step_of(dense), SAMPLES)
+local td, tp, x_fb = util.paired(step_of(dense), step_of(pkm), SAMPLES)
 row("pkm fwd+bwd", shape, tp, 3 * pkm_flops, x_fb, ("mlp 4d (%.0f ms); pkm %.0f tok/s, mlp %.0f tok/s"):format(
   td * 1e3, NTOK / tp, NTOK / td))
-local fp, fd, x_f = time2(fwd_of(pkm), fwd_of(dense), SAMPLES)
+local fd, fp, x_f = util.paired(fwd_of(dense), fwd_of(pkm), SAMPLES)
 row("pkm fwd", shape, fp, pkm_flops, x_f, ("mlp 4d (%.0f ms); pkm %.0f tok/s, mlp %.0f tok/s"):format(
   fd * 1e3, NTOK / fp, NTOK / fd))
 
@@ -77,7 +67,8 @@ for _, ntok in ipairs({ NTOK, 512, 64 }) do
   Vd.grad = sparse:to_dense()
   local opt_s = sn.optim.AdamW({ V }, { lr = 1e-3 })
   local opt_d = sn.optim.AdamW({ Vd }, { lr = 1e-3 })
-  local ts, tdn, x_opt = time2(function() V.grad = sparse; opt_s:step() end, function() opt_d:step() end, SAMPLES)
+  local tdn, ts, x_opt = util.paired(function() opt_d:step() end, function() V.grad = sparse; opt_s:step() end,
+    SAMPLES)
   row("adamw values", ("%dx%d, %d rows"):format(V:size(1), D, rows), ts, nil, x_opt,
     ("dense adamw (%.1f ms); grad of %d tokens"):format(tdn * 1e3, ntok))
   V.grad, Vd.grad = nil, nil

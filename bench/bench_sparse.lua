@@ -99,28 +99,6 @@ local function peers_for(key) -- key: "four_one_ninety" or "two_four"
   return (torch ~= "" and ("; torch" .. torch) or "") .. (scipy ~= "" and ("; scipy" .. scipy) or "")
 end
 
--- ---- timing: fa (the reference) and fb (the row) alternately, sample by sample: the medians,
--- the median of the per-pair ratios ta / tb (x_ref), and the fastest samples' ratio and times
-local function paired(fa, fb)
-  fa(); fb()
-  local t0 = sn.clock()
-  fa(); fb()
-  local pair = sn.clock() - t0
-  local samples = math.max(9, math.min(41, math.floor(1.0 / math.max(pair, 1e-6))))
-  local ta, tb, ratio = {}, {}, {}
-  for i = 1, samples do
-    collectgarbage() -- outside the timed calls: the previous outputs freed now, not inside one
-    local t1 = sn.clock()
-    fa()
-    local t2 = sn.clock()
-    fb()
-    local t3 = sn.clock()
-    ta[i], tb[i], ratio[i] = t2 - t1, t3 - t2, (t2 - t1) / (t3 - t2)
-  end
-  local min_a, min_b = math.min(table.unpack(ta)), math.min(table.unpack(tb))
-  return util.median(ta), util.median(tb), util.median(ratio), min_a / min_b, min_a, min_b
-end
-
 -- "best x12.3 (17.7 / 1.44 ms)": the ratio of the fastest samples. With other tenants
 -- keeping the 2 cores busy (load 4-10 here) and OMP_WAIT_POLICY unset, most calls of both
 -- sides took whole multiples of the 4 ms scheduler tick (16.0, 24.0, 36.0 ms for kernels of
@@ -173,7 +151,7 @@ sn.no_grad(function()
       local shape = ("%dx%d N%d s%d"):format(M, K, N, s)
       if checked(label .. " " .. shape, sp) then
         local nnz = sp.values:numel()
-        local td, ts, x_ref, rb, da, sb = paired(dense, function() return sp(x) end)
+        local td, ts, x_ref, rb, da, sb = util.paired(dense, function() return sp(x) end)
         local target = TARGETS[("%dx%d %d"):format(ro, ri, s)]
         local tnote = target and (" target >= %dx: %s"):format(target, x_ref >= target and "met" or "NOT met") or ""
         results[#results + 1] = target and ("%s s%d x%.2f, best x%.2f (target %dx %s)"):format(label, s, x_ref, rb,
@@ -189,7 +167,7 @@ sn.no_grad(function()
   -- 2:4 against dense
   local s24 = SparseLinear.from_dense(lin, { pattern = "2:4" })
   if checked("2:4", s24) then
-    local td, ts, x_ref, rb, da, sb = paired(dense, function() return s24(x) end)
+    local td, ts, x_ref, rb, da, sb = util.paired(dense, function() return s24(x) end)
     results[#results + 1] = ("2:4 x%.2f, best x%.2f (target > 1x %s)"):format(x_ref, rb,
       x_ref > 1 and "met" or "NOT met")
     row("2:4", ("%dx%d N%d s50"):format(M, K, N), ts, 2 * N * s24.values:numel(), x_ref,
@@ -206,7 +184,7 @@ sn.no_grad(function()
     local sq = SparseLinear.from_dense(lin, opts):quantize()
     local shape = ("%dx%d N%d s%d"):format(M, K, N, s)
     local err = rel_err(sq(x), sp(x))
-    local tf, tq, x_ref, rb, fa, qb = paired(function() return sp(x) end, function() return sq(x) end)
+    local tf, tq, x_ref, rb, fa, qb = util.paired(function() return sp(x) end, function() return sq(x) end)
     local td = util.time(dense, 5)
     results[#results + 1] = ("int8 4x1 s%d x%.2f, best x%.2f (target 2x %s)"):format(s, x_ref, rb,
       x_ref >= 2 and "met" or "NOT met")

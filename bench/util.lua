@@ -44,6 +44,32 @@ function util.time(fn, samples)
   return util.median(t)
 end
 
+-- fa (the reference) and fb (the row) alternately, sample by sample, after one warm-up of
+-- each, so that the drift of a shared machine hits both alike: the medians of each, the
+-- median of the per-pair ratios ta / tb (x_ref), the fastest samples' ratio and their
+-- times. samples: how many pairs (default: what fits in about a second, 9 to 41). A
+-- collection runs between samples, so the previous outputs are freed there, not inside one.
+function util.paired(fa, fb, samples)
+  fa(); fb()
+  if not samples then
+    local t0 = sn.clock()
+    fa(); fb()
+    samples = math.max(9, math.min(41, math.floor(1.0 / math.max(sn.clock() - t0, 1e-6))))
+  end
+  local ta, tb, ratio = {}, {}, {}
+  for i = 1, samples do
+    collectgarbage()
+    local t1 = sn.clock()
+    fa()
+    local t2 = sn.clock()
+    fb()
+    local t3 = sn.clock()
+    ta[i], tb[i], ratio[i] = t2 - t1, t3 - t2, (t2 - t1) / (t3 - t2)
+  end
+  local min_a, min_b = math.min(table.unpack(ta)), math.min(table.unpack(tb))
+  return util.median(ta), util.median(tb), util.median(ratio), min_a / min_b, min_a, min_b
+end
+
 -- Runs a peer script (`sh bench/peers/run_*.sh ...`) and returns its measurements, the lines
 -- `name value ...` whose name ends in _ms or _us_per_token, as name -> number, and the torch
 -- version line; or nil and the reason it was skipped (its last line).
