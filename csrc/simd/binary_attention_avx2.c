@@ -4,5 +4,4 @@
 #pragma GCC target("popcnt")
 #define BA_TABLE sn_ba_avx2
 #define BA_NAME "avx2"
-#define BA_TILE_IMPL
-#include "simd/binary_attention.h"
+#include "simd/binary_attention_tile.h"

@@ -8,5 +8,4 @@
 #define BA_POPCNT512
 #define BA_TABLE sn_ba_avx512
 #define BA_NAME "avx512"
-#define BA_TILE_IMPL
-#include "simd/binary_attention.h"
+#include "simd/binary_attention_tile.h"

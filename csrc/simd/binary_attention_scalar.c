@@ -2,5 +2,4 @@
  * simd/binary_attention.h): popcount through the compiler's builtin, vectors of 4 floats. */
 #define BA_TABLE sn_ba_scalar
 #define BA_NAME "scalar"
-#define BA_TILE_IMPL
-#include "simd/binary_attention.h"
+#include "simd/binary_attention_tile.h"
