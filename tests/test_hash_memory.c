@@ -1,9 +1,9 @@
 /* test_hash_memory.c -- kernels/hash_memory.c (MemoryFormer's memory layer) against a naive
- * double reference on every SIMD level: bits 1..10 and 16, table counts across the
- * kernel's table blocks (16 tables of 8 bits, 4 of 10), d_out that is no multiple of the
- * 64-column block or of a vector, both scores, with and without bias; the packed copy
- * against the tables read in place (bit for bit); exact zeros (sgn(0) = +1), NaN, thread-
- * count independence and bad input. The reference's gradients are checked by finite
+ * double reference on every SIMD level: bits 1..10 and 16, table counts across the kernel's
+ * table blocks (at 8 bits 8 tables forward, 16 backward; at 10, 2 and 4), d_out that is no
+ * multiple of the 64-column block or of a vector, both scores, with and without bias; the
+ * packed copy against the tables read in place (bit for bit); exact zeros (sgn(0) = +1), NaN,
+ * thread-count independence and bad input. The reference's gradients are checked by finite
  * differences first. */
 #include <omp.h>
 #include <stdlib.h>
@@ -217,7 +217,7 @@ Test(hash_memory, matches_reference_on_every_simd_level) {
 }
 
 /* Enough work for the threaded loops, token ranges split over column blocks, several table
- * blocks (8 bits: 16 tables a block; 10: 4) and the widest code. */
+ * blocks (8 bits: 8 tables a block forward, 16 backward; 10: 2 and 4) and the widest code. */
 Test(hash_memory, large_and_threaded) {
   const cfg cs[] = {{300, 8 * 40, 200, 8, true, false}, {130, 10 * 9, 70, 10, false, true},
                     {5000, 16, 3, 8, true, false},      {3, 32, 5, 16, true, false}};

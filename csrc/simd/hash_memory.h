@@ -31,6 +31,8 @@ typedef struct hm_task {
   const float *dy;      /* dot, scatter: (N, dout) */
   float *out;           /* gather: a panel of y, row n - n0 at out + (n - n0) HM_CB;
                          * dot: dp (N, K); scatter: the panel of dtables */
+  float *y;             /* gather: NULL, or (the last table block) y (N, dout), written
+                         * instead of the panel: no copy of the panel afterwards */
   bool first;           /* gather: start from the bias, not from y's partial sums */
   const uint32_t *tab16; /* gather_bf16: the panel in bf16 pairs, HM_CB / 2 words a row (see below) */
   const char *next;     /* gather: NULL, or memory to fetch towards L2 while summing ... */
@@ -53,8 +55,13 @@ typedef struct sn_hash_memory_ops {
   /* gather from bf16 panels: word w of a row holds columns c = (w / 16) 32 + w % 16 in its
    * low half and c + 16 in its high half, so that one vector of words gives two vectors of
    * floats (shift, mask) that are whole column runs. All HM_CB columns are summed (the
-   * panel is zero past d_out); first starts from zeros (the caller adds the bias). */
+   * panel is zero past d_out); first starts from zeros, and the bias is added on writing
+   * y (sums, then bias). */
   void (*gather_bf16)(const hm_task *t);
+  /* bits = 8: chunk k (features 8k .. 8k + 7 of z) gets its code h[k] and score p[k] (the
+   * paper's form when paper) from z and u = sigmoid(-2|z|), with the arithmetic of
+   * hash_row in hash_memory.c in the same order (the same bits), VW chunks at a time. */
+  void (*hash8)(const float *z, const float *u, int64_t K, bool paper, int64_t *h, float *p);
   /* dp[n, k] += sum_c T[k, h[n,k], c] dy[n, c] over the task's columns. */
   void (*dot)(const hm_task *t);
   /* T[k, h[n,k], c] += p[n,k] dy[n, c], tokens in order n0, n0+1, ... */

@@ -13,6 +13,7 @@
  * the next panel of a packed copy (t->next), which comes from memory. */
 #pragma GCC optimize("fp-contract=fast")
 
+#include <math.h>
 #include <string.h>
 
 #include "simd/hash_memory.h"
@@ -57,22 +58,61 @@ INLINE vf sum_lanes(vf *v) {
 
 /* ---- gather: the forward's weighted sum of rows ----------------------------------------- */
 
-/* Token n's share of t->next, whole lines, towards L2. */
-INLINE void fetch_next(const hm_task *t, int64_t n) {
+/* Bytes of t->next per token, whole lines (0: none). */
+INLINE int64_t next_step(const hm_task *t) {
   const int64_t nn = t->n1 - t->n0;
-  if (!t->next || nn <= 0) return;
-  const int64_t step = (t->next_bytes + nn * 64 - 1) / (nn * 64) * 64;
+  return t->next && nn > 0 ? (t->next_bytes + nn * 64 - 1) / (nn * 64) * 64 : 0;
+}
+
+/* Token n's share of t->next towards L2 (step from next_step, hoisted: a division). */
+INLINE void fetch_next(const hm_task *t, int64_t n, int64_t step) {
   for (int64_t i = 0; i < step; i += 64) {
     int64_t at = (n - t->n0) * step + i;
     if (at < t->next_bytes) __builtin_prefetch(t->next + at, 0, 2);
   }
 }
 
+/* A store that bypasses the caches (p aligned to a vector), for y's rows: they are d_out
+ * floats apart and written once; stored through the caches they were slower than the old
+ * copy from the y panel at 2 threads (a few sets of L2 fill up, evicting the panel). */
+#if defined(__AVX512F__)
+#define st_nt(p, v) _mm512_stream_ps(p, (__m512)(v))
+#elif defined(__AVX2__)
+#define st_nt(p, v) _mm256_stream_ps(p, (__m256)(v))
+#else
+#define st_nt(p, v) st(p, v)
+#endif
+#ifdef __AVX2__
+#define nt_fence() _mm_sfence() /* streaming stores are weakly ordered */
+#else
+#define nt_fence() ((void)0)
+#endif
+
+/* Token n's sums v (NV vectors, zero past nc): to the y panel (whole rows), or to y's row
+ * when t->y is set, plus the bias when add_bias (columns past nc are not written). */
+INLINE void put_sums(const hm_task *t, int64_t n, vf *v, bool add_bias) {
+  if (!t->y) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; j++) st(t->out + (n - t->n0) * HM_CB + j * VW, v[j]);
+    return;
+  }
+  float *yr = t->y + n * t->dout + t->c0;
+  const float *b = t->bias ? t->bias + t->c0 : NULL;
+  if (t->nc == HM_CB && (uintptr_t)yr % (VW * 4) == 0) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; j++) st_nt(yr + j * VW, add_bias && b ? v[j] + ld(b + j * VW) : v[j]);
+  } else {
+    int nv = (int)((t->nc + VW - 1) / VW), m = (int)(t->nc - (int64_t)(nv - 1) * VW);
+    for (int j = 0; j < nv; j++) put(yr + j * VW, add_bias && b ? v[j] + get(b + j * VW, j, nv, m) : v[j], j, nv, m);
+  }
+}
+
 INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) {
   const int64_t kw = t->k1 - t->k0;
   const float *tab = t->tab;
+  const int64_t step = next_step(t);
   for (int64_t n = t->n0; n < t->n1; n++) {
-    fetch_next(t, n);
+    fetch_next(t, n, step);
     vf acc[NV] = {0}; /* all set below; the zeros quiet -Wmaybe-uninitialized for runtime nv */
     float *yr = t->out + (n - t->n0) * HM_CB;
 #pragma GCC unroll 16
@@ -100,7 +140,8 @@ INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) 
       for (int j = 0; j < nv; j++) acc[j] += s * get(row + j * VW, j, nv, m);
     }
 #pragma GCC unroll 16
-    for (int j = 0; j < nv; j++) put(yr + j * VW, acc[j] + odd[j], j, nv, m);
+    for (int j = 0; j < nv; j++) acc[j] += odd[j];
+    put_sums(t, n, acc, false);
   }
 }
 
@@ -111,6 +152,7 @@ static void gather(const hm_task *t) {
     int nv = (int)((t->nc + VW - 1) / VW), m = (int)(t->nc - (int64_t)(nv - 1) * VW);
     gather_cols(t, t->c0, nv, m);
   }
+  if (t->y) nt_fence();
 }
 
 /* Adds s times the bf16 row r (HM_CB / 2 words) into a. */
@@ -127,8 +169,9 @@ INLINE void add_bf16(vf *a, vf s, const uint32_t *r) {
 static void gather_bf16(const hm_task *t) {
   const int64_t kw = t->k1 - t->k0;
   const uint32_t *tab = t->tab16;
+  const int64_t step = next_step(t);
   for (int64_t n = t->n0; n < t->n1; n++) {
-    fetch_next(t, n);
+    fetch_next(t, n, step);
     vf acc[NV], odd[NV]; /* two FMA chains, as in gather_cols */
     float *yr = t->out + (n - t->n0) * HM_CB;
 #pragma GCC unroll 16
@@ -142,7 +185,58 @@ static void gather_bf16(const hm_task *t) {
     }
     if (k < kw) add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB / 2));
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; j++) st(yr + j * VW, acc[j] + odd[j]);
+    for (int j = 0; j < NV; j++) acc[j] += odd[j];
+    put_sums(t, n, acc, true);
+  }
+  if (t->y) nt_fence();
+}
+
+/* ---- hash8: codes and scores at 8 bits ---------------------------------------------------- */
+
+/* v[i] <- feature i of the VW chunks of 8 floats at p, chunk q in lane q. A round splits
+ * the 8 vectors, read as one stream, into its even elements (v[0..3]) and its odd ones
+ * (v[4..7]); after three, v[i] holds the elements at i mod 8, in order. */
+INLINE void transpose8(vf *v, const float *p) {
+  vi even = {0}, odd = {0};
+  for (int i = 0; i < VW; i++) even[i] = 2 * i, odd[i] = 2 * i + 1;
+  vf a[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; j++) v[j] = ld(p + j * VW);
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; r++) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) a[j] = v[j];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+      v[j] = __builtin_shuffle(a[2 * j], a[2 * j + 1], even), v[j + 4] = __builtin_shuffle(a[2 * j], a[2 * j + 1], odd);
+  }
+}
+
+static void hash8(const float *z, const float *u, int64_t K, bool paper, int64_t *h, float *p) {
+  int64_t k = 0;
+  for (; k + VW <= K; k += VW) {
+    vf zt[8], ut[8], prod = splat(1.0f), S = splat(0.0f);
+    vi code = {0};
+    transpose8(zt, z + k * 8), transpose8(ut, u + k * 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+      code |= (vi)(zt[i] >= 0.0f) & (1 << i);
+      prod *= 1.0f - ut[i];
+      S += (vf)((vi)zt[i] & 0x7fffffff);
+    }
+    st(p + k, paper ? prod : S * prod);
+    for (int q = 0; q < VW; q++) h[k + q] = code[q];
+  }
+  for (; k < K; k++) {
+    const float *zk = z + k * 8, *uk = u + k * 8;
+    int64_t c = 0;
+    float prod = 1.0f, S = 0.0f;
+    for (int i = 0; i < 8; i++) {
+      c |= (int64_t)(zk[i] >= 0.0f) << i;
+      prod *= 1.0f - uk[i];
+      S += fabsf(zk[i]);
+    }
+    h[k] = c, p[k] = paper ? prod : S * prod;
   }
 }
 
@@ -212,4 +306,4 @@ static void scatter(const hm_task *t) {
   }
 }
 
-const sn_hash_memory_ops HM_TABLE = {HM_NAME, gather, gather_bf16, dot, scatter};
+const sn_hash_memory_ops HM_TABLE = {HM_NAME, gather, gather_bf16, hash8, dot, scatter};
