@@ -63,6 +63,18 @@ sn_status sn_adamw_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *exp_avg, sn_tensor
   return SN_OK;
 }
 
+/* One element of SGD (momentum buffer b, or NULL), for the dense and the row steps alike. */
+static inline void sgd_elem(float *x, float *b, float g, float wd, float mom, float damp, bool nesterov, bool first,
+                            float neg_lr) {
+  if (wd != 0.0f) g += wd * *x; /* as PyTorch: no 0 * p term (p may be inf) */
+  if (b) {
+    float bb = first ? g : mom * *b + damp * g;
+    *b = bb;
+    g = nesterov ? g + mom * bb : bb;
+  }
+  *x += neg_lr * g;
+}
+
 sn_status sn_sgd_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, const sn_tensor *grad, double lr,
                       double momentum, double dampening, double weight_decay, bool nesterov,
                       bool first) {
@@ -74,16 +86,7 @@ sn_status sn_sgd_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, const sn_tensor
   const float *pg = sn_f32(grad);
   int64_t n = sn_numel(p);
 #pragma omp parallel for schedule(static) if (n > NN_PARALLEL_MIN)
-  for (int64_t i = 0; i < n; i++) {
-    float g = pg[i];
-    if (wd != 0.0f) g += wd * pp[i]; /* as PyTorch: no 0 * p term (p may be inf) */
-    if (pb) {
-      float b = first ? g : mom * pb[i] + damp * g;
-      pb[i] = b;
-      g = nesterov ? g + mom * b : b;
-    }
-    pp[i] += neg_lr * g;
-  }
+  for (int64_t i = 0; i < n; i++) sgd_elem(pp + i, pb ? pb + i : NULL, pg[i], wd, mom, damp, nesterov, first, neg_lr);
   return SN_OK;
 }
 
@@ -243,17 +246,8 @@ sn_status sn_sgd_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, sn_tensor 
       const float *grow = group_grad(rp, gstart, u, pg, D, tmp);
       bool first = steps && steps[r]++ == 0;
       float *x = pp + r * D, *b = pb ? pb + r * D : NULL;
-      /* The same per-element steps as sn_sgd_step. */
-      for (int64_t i = 0; i < D; i++) {
-        float g = grow[i];
-        if (wd != 0.0f) g += wd * x[i];
-        if (b) {
-          float bb = first ? g : mom * b[i] + damp * g;
-          b[i] = bb;
-          g = nesterov ? g + mom * bb : bb;
-        }
-        x[i] += neg_lr * g;
-      }
+      for (int64_t i = 0; i < D; i++)
+        sgd_elem(x + i, b ? b + i : NULL, grow[i], wd, mom, damp, nesterov, first, neg_lr);
     }
   }
   return SN_OK;
