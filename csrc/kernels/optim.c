@@ -129,6 +129,14 @@ static int64_t plan_rows(sn_ctx *ctx, const char *fn, const int64_t *rows, int64
   return U;
 }
 
+/* rows must be a contiguous i64 vector. */
+static sn_status check_rows(sn_ctx *ctx, const char *fn, const sn_tensor *rows) {
+  if (rows->ndim != 1 || rows->dtype != SN_I64 || !sn_is_contiguous(rows))
+    return sn_fail(ctx, SN_EINVAL, "%s: 'rows' must be a contiguous i64 vector, got %s %s", fn,
+                   sn_dtype_name(rows->dtype), sn_shape_str(rows, (char[160]){0}, 160));
+  return SN_OK;
+}
+
 /* The rows argument and the (R, D) view of p: values must hold n rows of D. */
 static sn_status rows_args(sn_ctx *ctx, const char *fn, const sn_tensor *p, const sn_tensor *rows,
                            const sn_tensor *values, int64_t *R, int64_t *D) {
@@ -137,9 +145,7 @@ static sn_status rows_args(sn_ctx *ctx, const char *fn, const sn_tensor *p, cons
                    sn_shape_str(p, (char[160]){0}, 160));
   *R = p->size[0], *D = sn_numel(p) / *R;
   sn_status st = nn_need(ctx, fn, "param", p, SN_F32, sn_numel(p));
-  if (st == SN_OK && (rows->ndim != 1 || rows->dtype != SN_I64 || !sn_is_contiguous(rows)))
-    st = sn_fail(ctx, SN_EINVAL, "%s: 'rows' must be a contiguous i64 vector, got %s %s", fn,
-                 sn_dtype_name(rows->dtype), sn_shape_str(rows, (char[160]){0}, 160));
+  if (st == SN_OK) st = check_rows(ctx, fn, rows);
   if (st == SN_OK) {
     int64_t n = rows->size[0];
     if (n > 0 && *D > INT64_MAX / n) return sn_fail(ctx, SN_EINVAL, "%s: %lld rows of %lld overflow", fn, (long long)n, (long long)*D);
@@ -148,14 +154,23 @@ static sn_status rows_args(sn_ctx *ctx, const char *fn, const sn_tensor *p, cons
   return st;
 }
 
-/* Workspace for a plan of n entries plus `extra` bytes; NULL (ctx->err set) on failure. */
-static void *plan_space(sn_ctx *ctx, int64_t n, size_t extra, rowpos **rp, int64_t **gstart) {
+/* The plan of rows (n entries, see plan_rows) in the workspace, followed by `extra` bytes. */
+typedef struct {
+  rowpos *rp;
+  int64_t *gstart, U;
+  void *extra;
+} plan;
+
+static sn_status make_plan(sn_ctx *ctx, const char *fn, const sn_tensor *rows, int64_t R, size_t extra, plan *pl) {
+  int64_t n = rows->size[0];
   size_t need = (size_t)n * sizeof(rowpos) + (size_t)(n + 1) * sizeof(int64_t);
   char *ws = sn_ctx_workspace(ctx, need + extra + 64);
-  if (!ws) return NULL;
-  *rp = (rowpos *)ws;
-  *gstart = (int64_t *)(ws + (size_t)n * sizeof(rowpos));
-  return ws + need;
+  if (!ws) return SN_ENOMEM;
+  pl->rp = (rowpos *)(void *)ws;
+  pl->gstart = (int64_t *)(void *)(ws + (size_t)n * sizeof(rowpos));
+  pl->extra = ws + need;
+  pl->U = plan_rows(ctx, fn, sn_i64(rows), n, R, pl->rp, pl->gstart);
+  return pl->U < 0 ? SN_EINVAL : SN_OK;
 }
 
 /* The gradient of group u: the one values row, or the duplicates summed into buf. */
@@ -183,13 +198,12 @@ sn_status sn_adamw_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *exp_avg, sn_t
   if (st == SN_OK) st = nn_need(ctx, fn, "row_step", row_step, SN_I64, R);
   if (st != SN_OK) return st;
   const int nt = omp_get_max_threads();
-  int64_t n = rows->size[0];
-  rowpos *rp;
-  int64_t *gstart;
-  float *bufs = plan_space(ctx, n, (size_t)nt * (size_t)D * sizeof(float), &rp, &gstart);
-  if (!bufs) return SN_ENOMEM;
-  int64_t U = plan_rows(ctx, fn, sn_i64(rows), n, R, rp, gstart);
-  if (U < 0) return SN_EINVAL;
+  plan pl;
+  st = make_plan(ctx, fn, rows, R, (size_t)nt * (size_t)D * sizeof(float), &pl);
+  if (st != SN_OK) return st;
+  const rowpos *rp = pl.rp;
+  const int64_t *gstart = pl.gstart, U = pl.U;
+  float *bufs = pl.extra;
   float decay = (float)(1.0 - lr * weight_decay), w1 = (float)(1.0 - beta1);
   float b2 = (float)beta2, w2 = (float)(1.0 - beta2), e = (float)eps;
   float *pp = sn_f32(p), *pm = sn_f32(exp_avg), *pv = sn_f32(exp_avg_sq);
@@ -226,13 +240,12 @@ sn_status sn_sgd_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, sn_tensor 
   if (st == SN_OK && row_step) st = nn_need(ctx, fn, "row_step", row_step, SN_I64, R);
   if (st != SN_OK) return st;
   const int nt = omp_get_max_threads();
-  int64_t n = rows->size[0];
-  rowpos *rp;
-  int64_t *gstart;
-  float *bufs = plan_space(ctx, n, (size_t)nt * (size_t)D * sizeof(float), &rp, &gstart);
-  if (!bufs) return SN_ENOMEM;
-  int64_t U = plan_rows(ctx, fn, sn_i64(rows), n, R, rp, gstart);
-  if (U < 0) return SN_EINVAL;
+  plan pl;
+  st = make_plan(ctx, fn, rows, R, (size_t)nt * (size_t)D * sizeof(float), &pl);
+  if (st != SN_OK) return st;
+  const rowpos *rp = pl.rp;
+  const int64_t *gstart = pl.gstart, U = pl.U;
+  float *bufs = pl.extra;
   float wd = (float)weight_decay, mom = (float)momentum, damp = (float)(1.0 - dampening), neg_lr = (float)-lr;
   float *pp = sn_f32(p), *pb = buf ? sn_f32(buf) : NULL;
   const float *pg = sn_f32(values);
@@ -255,37 +268,31 @@ sn_status sn_sgd_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, sn_tensor 
 
 sn_status sn_rows_count(sn_ctx *ctx, int64_t *unique, const sn_tensor *rows, int64_t R) {
   const char *fn = "seqnn.sparse_grad";
-  if (rows->ndim != 1 || rows->dtype != SN_I64 || !sn_is_contiguous(rows))
-    return sn_fail(ctx, SN_EINVAL, "%s: 'rows' must be a contiguous i64 vector, got %s %s", fn,
-                   sn_dtype_name(rows->dtype), sn_shape_str(rows, (char[160]){0}, 160));
-  int64_t n = rows->size[0];
-  rowpos *rp;
-  int64_t *gstart;
-  if (!plan_space(ctx, n, 0, &rp, &gstart)) return SN_ENOMEM;
-  int64_t U = plan_rows(ctx, fn, sn_i64(rows), n, R, rp, gstart);
-  if (U < 0) return SN_EINVAL;
-  *unique = U;
-  return SN_OK;
+  sn_status st = check_rows(ctx, fn, rows);
+  if (st != SN_OK) return st;
+  plan pl;
+  st = make_plan(ctx, fn, rows, R, 0, &pl);
+  if (st == SN_OK) *unique = pl.U;
+  return st;
 }
 
 sn_status sn_rows_coalesce(sn_ctx *ctx, sn_tensor *out_rows, sn_tensor *out_values, const sn_tensor *rows,
                            const sn_tensor *values, int64_t R) {
   const char *fn = "seqnn.sparse_grad";
-  if (rows->ndim != 1 || rows->dtype != SN_I64 || !sn_is_contiguous(rows))
-    return sn_fail(ctx, SN_EINVAL, "%s: 'rows' must be a contiguous i64 vector, got %s %s", fn,
-                   sn_dtype_name(rows->dtype), sn_shape_str(rows, (char[160]){0}, 160));
+  sn_status st = check_rows(ctx, fn, rows);
+  if (st != SN_OK) return st;
   int64_t n = rows->size[0];
   if (values->ndim < 1 || values->size[0] != n)
     return sn_fail(ctx, SN_EINVAL, "%s: values must have %lld rows, got %s", fn, (long long)n,
                    sn_shape_str(values, (char[160]){0}, 160));
   int64_t D = n > 0 ? sn_numel(values) / n : 0;
-  sn_status st = nn_need(ctx, fn, "values", values, SN_F32, n * D);
+  st = nn_need(ctx, fn, "values", values, SN_F32, n * D);
   if (st != SN_OK) return st;
-  rowpos *rp;
-  int64_t *gstart;
-  if (!plan_space(ctx, n, 0, &rp, &gstart)) return SN_ENOMEM;
-  int64_t U = plan_rows(ctx, fn, sn_i64(rows), n, R, rp, gstart);
-  if (U < 0) return SN_EINVAL;
+  plan pl;
+  st = make_plan(ctx, fn, rows, R, 0, &pl);
+  if (st != SN_OK) return st;
+  const rowpos *rp = pl.rp;
+  const int64_t *gstart = pl.gstart, U = pl.U;
   st = nn_need(ctx, fn, "out_rows", out_rows, SN_I64, U);
   if (st == SN_OK) st = nn_need(ctx, fn, "out_values", out_values, SN_F32, U * D);
   if (st != SN_OK) return st;
