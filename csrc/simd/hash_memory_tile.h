@@ -56,6 +56,18 @@ INLINE vf sum_lanes(vf *v) {
   return v[0];
 }
 
+/* fn(t, t->c0, nv, m) over the task's columns: nv vectors, the last holding m lanes; a full
+ * column block passes the constants NV, VW, so its loops unroll without tests. */
+#define BY_COLUMNS(fn, t)                                                        \
+  do {                                                                           \
+    if ((t)->nc == HM_CB) {                                                      \
+      fn(t, (t)->c0, NV, VW);                                                    \
+    } else {                                                                     \
+      int nv_ = (int)(((t)->nc + VW - 1) / VW), m_ = (int)((t)->nc - (int64_t)(nv_ - 1) * VW); \
+      fn(t, (t)->c0, nv_, m_);                                                   \
+    }                                                                            \
+  } while (0)
+
 /* ---- gather: the forward's weighted sum of rows ----------------------------------------- */
 
 /* Bytes of t->next per token, whole lines (0: none). */
@@ -146,12 +158,7 @@ INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) 
 }
 
 static void gather(const hm_task *t) {
-  if (t->nc == HM_CB) {
-    gather_cols(t, t->c0, NV, VW);
-  } else {
-    int nv = (int)((t->nc + VW - 1) / VW), m = (int)(t->nc - (int64_t)(nv - 1) * VW);
-    gather_cols(t, t->c0, nv, m);
-  }
+  BY_COLUMNS(gather_cols, t);
   if (t->y) nt_fence();
 }
 
@@ -270,12 +277,7 @@ INLINE void dot_cols(const hm_task *t, int64_t c, const int nv, const int m) {
 }
 
 static void dot(const hm_task *t) {
-  if (t->nc == HM_CB) {
-    dot_cols(t, t->c0, NV, VW);
-  } else {
-    int nv = (int)((t->nc + VW - 1) / VW), m = (int)(t->nc - (int64_t)(nv - 1) * VW);
-    dot_cols(t, t->c0, nv, m);
-  }
+  BY_COLUMNS(dot_cols, t);
 }
 
 /* ---- scatter: the backward's dtables ------------------------------------------------------ */
@@ -298,12 +300,7 @@ INLINE void scatter_cols(const hm_task *t, int64_t c, const int nv, const int m)
 }
 
 static void scatter(const hm_task *t) {
-  if (t->nc == HM_CB) {
-    scatter_cols(t, t->c0, NV, VW);
-  } else {
-    int nv = (int)((t->nc + VW - 1) / VW), m = (int)(t->nc - (int64_t)(nv - 1) * VW);
-    scatter_cols(t, t->c0, nv, m);
-  }
+  BY_COLUMNS(scatter_cols, t);
 }
 
 const sn_hash_memory_ops HM_TABLE = {HM_NAME, gather, gather_bf16, hash8, dot, scatter};
