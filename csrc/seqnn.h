@@ -620,8 +620,9 @@ sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const 
  * pack: packed f32 (ceil(d_out / SN_HASH_PANEL), K * 2^bits, SN_HASH_PANEL) contiguous:
  *   packed[j, r, c] = tables[r, j SN_HASH_PANEL + c] (0 past d_out), the panels fwd reads;
  *   or packed i64 (ceil(d_out / SN_HASH_PANEL), K * 2^bits, SN_HASH_PANEL / 4): the same
- *   panels in bf16 (rounded to nearest even), half the bytes for inference, fwd summing in
- *   f32. Its words are an internal layout (simd/hash_memory.h), not numbers.
+ *   panels in bf16 (each value within half a bf16 step: half the columns rounded to nearest
+ *   even, half on a grid offset by their word's other half), half the bytes for inference,
+ *   fwd summing in f32. Its words are an internal layout (simd/hash_memory.h), not numbers.
  * bwd: dp[n,k] = <tables[row], dy[n]>; dx[n, k bits + i] = dp dp[n,k]/dz_i
  *   (paper: 2 sgn(z_i) P sigmoid(-2|z_i|); code: sgn(z_i) P (1 + 2 S sigmoid(-2|z_i|)));
  *   dtables = sum_n p[n,k] dy[n] at the rows read (dense: every other row zero);

@@ -104,13 +104,12 @@ static void release(bufs *b) {
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) sn_tensor_release(all[i]);
 }
 
-/* f to bf16 precision, rounded to nearest even (the packed copy's rounding). */
-static double bf16_round(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  memcpy(&f, &u, sizeof f);
-  return f;
+/* Half the step between bf16 values at f (its 8 significant bits), and the smallest there
+ * is: the packed copy's high columns are rounded on a grid offset by up to one step. */
+static double bf16_half_step(float f) {
+  int e;
+  frexp(f, &e);
+  return fmax(ldexp(1, e - 9), ldexp(1, -133));
 }
 
 static sn_hash_score score_of(const cfg *g) { return g->paper ? SN_HASH_SCORE_PAPER : SN_HASH_SCORE_CODE; }
@@ -145,16 +144,20 @@ static void check_case(const cfg *g, const char *what) {
   cr_assert_eq(sn_hash_linear_fwd(&ctx, &y2, NULL, NULL, &b.x, &b.tab, &pk, pb, g->bits, score_of(g)), SN_OK, "%s",
                ctx.err);
   cr_expect(tu_same_bits(&b.y, &y2), "packed fwd differs, %s", what);
-  /* the bf16 copy: the reference on tables rounded to bf16 */
+  /* the bf16 copy: every table value within half a bf16 step, so y within the sum of those
+   * steps (2^-8 of the sum of |p T|) and f32's rounding */
   sn_tensor pk16 = tu_empty(&ctx, SN_I64, 3, (int64_t[]){ncb, K * R, SN_HASH_PANEL / 4});
   cr_assert_eq(sn_hash_linear_pack(&ctx, &pk16, &b.tab), SN_OK, "%s", ctx.err);
   cr_assert_eq(sn_hash_linear_fwd(&ctx, &y2, NULL, NULL, &b.x, &b.tab, &pk16, pb, g->bits, score_of(g)), SN_OK, "%s",
                ctx.err);
-  double *vt16 = tu_dalloc(K * R * g->dout), *ry16 = tu_dalloc(g->N * g->dout);
-  for (int64_t i = 0; i < K * R * g->dout; i++) vt16[i] = bf16_round(sn_f32(&b.tab)[i]);
-  ref_fwd(g, ry16, vx, vt16, vb);
-  cr_expect_leq(tu_max_scaled_err(&y2, ry16, 1e-5, 1e-4), 1.0, "y from bf16, %s", what);
-  free(vt16), free(ry16);
+  double *vta = tu_dalloc(K * R * g->dout), *rabs = tu_dalloc(g->N * g->dout);
+  for (int64_t i = 0; i < K * R * g->dout; i++) vta[i] = fabs(vt[i]);
+  ref_fwd(g, rabs, vx, vta, NULL);
+  for (int64_t i = 0; i < g->N * g->dout; i++) {
+    double bound = ldexp(rabs[i], -8) + 1e-5 * (rabs[i] + (vb ? fabs(vb[i % g->dout]) : 0)) + 1e-6;
+    cr_expect_leq(fabs(sn_f32(&y2)[i] - ry[i]), bound, "y[%lld] from bf16, %s", (long long)i, what);
+  }
+  free(vta), free(rabs);
   sn_tensor_release(&pk16);
   cr_assert_eq(sn_hash_linear_bwd(&ctx, &b.dx, &b.dtab, &b.db, &b.dy, &b.codes, &b.p, &b.x, &b.tab, g->bits,
                                   score_of(g)),
@@ -222,6 +225,46 @@ Test(hash_memory, large_and_threaded) {
   const cfg cs[] = {{300, 8 * 40, 200, 8, true, false}, {130, 10 * 9, 70, 10, false, true},
                     {5000, 16, 3, 8, true, false},      {3, 32, 5, 16, true, false}};
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i], "large");
+}
+
+/* The bf16 copy's words (simd/hash_memory.h): word w of a 64-column row holds column
+ * c = (w / 16) 32 + w % 16 in its low half, rounded to bf16, and read whole as an f32, column
+ * c + 16; both within half a bf16 step of the table's value, at every magnitude (subnormal
+ * to 2^126, either sign, zero), zeros past d_out, NaN kept. */
+Test(hash_memory, bf16_words_hold_both_columns_within_half_a_step) {
+  const int64_t rows = 40, dout = 70, ncb = 2;
+  sn_tensor tab = tu_make(&ctx, 2, (int64_t[]){rows, dout}, 11, 1, 0);
+  float *t = sn_f32(&tab);
+  for (int64_t i = 0; i < rows * dout; i++) t[i] = ldexpf(t[i], (int)(i * 37 % 267) - 140);
+  t[3] = 0.0f, t[20] = -0.0f, t[dout + 5] = NAN, t[dout + 16 + 6] = NAN, t[2 * dout + 1] = INFINITY;
+  sn_tensor pk = tu_empty(&ctx, SN_I64, 3, (int64_t[]){ncb, rows, SN_HASH_PANEL / 4});
+  cr_assert_eq(sn_hash_linear_pack(&ctx, &pk, &tab), SN_OK, "%s", ctx.err);
+  const uint32_t *words = (const uint32_t *)sn_data(&pk);
+  for (int64_t cb = 0; cb < ncb; cb++)
+    for (int64_t r = 0; r < rows; r++)
+      for (int w = 0; w < SN_HASH_PANEL / 2; w++) {
+        uint32_t word = words[(cb * rows + r) * (SN_HASH_PANEL / 2) + w], lo = word << 16;
+        int64_t c = cb * SN_HASH_PANEL + w / 16 * 32 + w % 16;
+        float vlo, vhi;
+        memcpy(&vlo, &lo, sizeof vlo);
+        memcpy(&vhi, &word, sizeof vhi);
+        struct { int64_t col; float got; } half[2] = {{c, vlo}, {c + 16, vhi}};
+        for (int i = 0; i < 2; i++) {
+          int64_t col = half[i].col;
+          float got = half[i].got, want = col < dout ? t[r * dout + col] : 0.0f;
+          if (col >= dout) {
+            cr_expect(i == 0 ? lo == 0 : word >> 16 == 0, "padding column %lld of row %lld", (long long)col,
+                      (long long)r);
+          } else if (isnan(want) || isinf(want)) {
+            cr_expect(isnan(want) ? isnan(got) : got == want, "column %lld of row %lld: %g for %g", (long long)col,
+                      (long long)r, got, want);
+          } else {
+            cr_expect_leq(fabs((double)got - want), bf16_half_step(want), "column %lld of row %lld: %a for %a",
+                          (long long)col, (long long)r, got, want);
+          }
+        }
+      }
+  sn_tensor_release(&tab), sn_tensor_release(&pk);
 }
 
 /* sgn(0) = +1: a zero feature sets its code bit and takes the + branch of the gradient. */

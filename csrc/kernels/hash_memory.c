@@ -1,9 +1,9 @@
 /* kernels/hash_memory.c -- MemoryFormer's memory layer: a linear map replaced by K hashed
  * lookup tables (math in seqnn.h).
  *
- * hash: per token, z = x's row, u = sigmoid(-2|z|) by the vector sigmoid of simd/vec.h,
- *   then per chunk the code bits, the product of (1 - u) and the L1 norm. Threaded over
- *   tokens.
+ * hash: per token, z = x's row, u = sigmoid(-2|z|) (at 8 bits inside hash8, 16 chunks at
+ *   a time; else by the vector sigmoid of simd/vec.h), then per chunk the code bits, the
+ *   product of (1 - u) and the L1 norm. Threaded over tokens.
  * gather (fwd): the weighted sum of K rows of d_out floats per token is memory-bound when
  *   done token by token (a token reads K * d_out * 4 bytes, 512 KiB at 1024 -> 1024). So
  *   tasks own a column block of HM_CB floats (the accumulators of one token stay in
@@ -123,13 +123,13 @@ static void hash_row(const dims *d, sn_hash_score score, const float *z, int64_t
                      float *dz, float *u, float *tmp) {
   const int64_t din = d->din;
   const int bits = d->bits;
+  if (bits == 8 && h && p && !dz) { /* the forward's common case, in vectors */
+    hm_ops()->hash8(z, d->K, score == SN_HASH_SCORE_PAPER, h, p);
+    return;
+  }
   sn_vec->unary(SN_ABS, tmp, z, din);
   sn_vec->binary_scalar(SN_MUL, tmp, tmp, -2.0f, din, false);
   sn_vec->unary(SN_SIGMOID, u, tmp, din);
-  if (bits == 8 && h && p && !dz) { /* the forward's common case, in vectors */
-    hm_ops()->hash8(z, u, d->K, score == SN_HASH_SCORE_PAPER, h, p);
-    return;
-  }
   for (int64_t k = 0; k < d->K; k++) {
     const float *zk = z + k * bits, *uk = u + k * bits;
     int64_t code = 0;
@@ -204,6 +204,33 @@ static uint32_t to_bf16(float f) {
   return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
+/* The f32 whose high half is h and low half lo. */
+static float join16(uint32_t h, uint32_t lo) {
+  uint32_t u = h << 16 | lo;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* The high half h of a bf16 word whose low half is lo, for the value f: gather sums the
+ * whole word as an f32 (no mask to clear lo: one vector operation fewer per 16 columns),
+ * so h is f rounded on the grid that lo offsets, to the nearest of the neighbours of f's
+ * own high half: within half a bf16 step, as close as rounding to bf16. NaN stays NaN; an
+ * infinity (with lo nonzero) reads as NaN. */
+static uint32_t to_bf16_high(float f, uint32_t lo) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  uint32_t best = u >> 16;
+  if (!isfinite(f)) return (u & 0x7fffffffu) > 0x7f800000u ? best | 0x40u : best;
+  double err = fabs((double)join16(best, lo) - f);
+  for (int step = -1; step <= 1; step += 2) {
+    uint32_t h = (best + (uint32_t)step) & 0xffffu;
+    float g = join16(h, lo);
+    if (isfinite(g) && fabs((double)g - f) < err) best = h, err = fabs((double)g - f);
+  }
+  return best;
+}
+
 sn_status sn_hash_linear_pack(sn_ctx *ctx, sn_tensor *packed, const sn_tensor *tables) {
   char a[160];
   if (!tables || tables->dtype != SN_F32 || tables->ndim != 2 || !sn_is_contiguous(tables))
@@ -226,7 +253,8 @@ sn_status sn_hash_linear_pack(sn_ctx *ctx, sn_tensor *packed, const sn_tensor *t
         uint32_t *dst = (uint32_t *)sn_data(packed) + (cb * rows + r) * (HM_CB / 2);
         for (int w = 0; w < HM_CB / 2; w++) {
           int c = w / 16 * 32 + w % 16;
-          dst[w] = (c < nc ? to_bf16(src[c]) : 0) | (c + 16 < nc ? to_bf16(src[c + 16]) : 0) << 16;
+          uint32_t lo = c < nc ? to_bf16(src[c]) : 0;
+          dst[w] = lo | (c + 16 < nc ? to_bf16_high(src[c + 16], lo) : 0) << 16;
         }
       } else {
         float *dst = sn_f32(packed) + (cb * rows + r) * HM_CB;

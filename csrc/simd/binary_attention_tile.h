@@ -29,8 +29,6 @@ static inline void axpy(float *y, float a, const float *x, int64_t n) {
 
 static inline int bit(uint64_t code, int n) { return (int)((code >> n) & 1u); }
 
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
-
 /* The sign bit where bit n of code is 0: x ^ sign_of is -x for h_n = -1 and x otherwise,
  * so acc + (x ^ sign_of) is exactly acc + x or acc - x, without a data-dependent branch
  * (random codes mispredicted half of them). */

@@ -21,17 +21,11 @@
 
 _Static_assert(CONV_PAD % VW == 0, "padded rows hold whole vectors");
 
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
-typedef uint32_t vu __attribute__((vector_size(VW * 4)));
-
 #define WMAX CONV_WMAX
 /* Steps per block: a block streams 3 x BLOCK rows at once. 8 and 16 ran alike, 32 (96
  * streams, more than the L2 prefetcher follows) 2-3x slower. */
 #define BLOCK 8
 
-/* Lane-wise a < b ? b : a and a > b ? b : a; both keep a NaN in a (vclamp without AVX2). */
-#define vmax(a, b) ((vf)(((vi)(a) & ~((a) < (b))) | ((vi)(b) & ((a) < (b)))))
-#define vmin(a, b) ((vf)(((vi)(a) & ~((a) > (b))) | ((vi)(b) & ((a) > (b)))))
 
 /* f(args..., W) with W a constant 1..WMAX, so that the tap loops unroll. */
 #define WITH_W(W, f, ...)            \
@@ -59,47 +53,6 @@ INLINE void get(vf *v, const float *p, int m, const bool tail) {
 INLINE void put(float *p, const vf *v, int m, const bool tail) {
   if (tail) memcpy(p, v, (size_t)m * sizeof(float));
   else st(p, *v);
-}
-
-/* ---- sigmoid --------------------------------------------------------------------------- */
-
-static const float exp_c[] = {SN_EXP_POLY};
-
-/* Lane-wise min(hi, max(lo, x)); NaN stays NaN (max and min of the intrinsics return their
- * second operand when either is NaN). */
-#if defined(__AVX512F__)
-#define vclamp(x, lo, hi) ((vf)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)(x))))
-#elif defined(__AVX2__)
-#define vclamp(x, lo, hi) ((vf)_mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), (__m256)(x))))
-#else
-#define vclamp(x, lo, hi) vmin(vmax(x, splat(lo)), splat(hi))
-#endif
-
-/* 1 / (1 + e^-x), e^-x = 2^n e^r with n = rint(-x log2 e) and r = -x - n ln2 (ln2 in two
- * parts). -x is clamped to [-87, 88], where 2^n is a normal float; beyond, e^-x is below
- * the resolution of 1 + e^-x, or 1 / (1 + e^-x) below 1e-38. NaN stays NaN. Adding
- * 1.5 * 2^23 + 127 rounds to an integer whose low mantissa bits are n + 127, the exponent
- * field of 2^n. The reciprocal is the ISA's approximate one and a Newton step (~28 bits
- * from AVX-512's 14, ~22 from AVX2's 12): two FMAs instead of a division, which bounded
- * the loops. */
-INLINE void vsigmoid(vf *xp) {
-  vf y = vclamp(-*xp, -87.0f, 88.0f);
-  vf big = y * 1.44269504f + 12583039.0f, n = big - 12583039.0f;
-  vf r = y - n * 0.693145752f;
-  r = r - n * 1.42860677e-6f;
-  vf p = splat(exp_c[0]);
-#pragma GCC unroll 7
-  for (int k = 1; k < 7; k++) p = p * r + exp_c[k];
-  vf d = p * (vf)((vu)big << 23) + 1.0f;
-#if defined(__AVX512F__)
-  vf q = (vf)_mm512_rcp14_ps((__m512)d);
-  *xp = q * (2.0f - d * q);
-#elif defined(__AVX2__)
-  vf q = (vf)_mm256_rcp_ps((__m256)d);
-  *xp = q * (2.0f - d * q);
-#else
-  *xp = 1.0f / d;
-#endif
 }
 
 /* ---- forward and step rows ------------------------------------------------------------- */

@@ -54,14 +54,17 @@ typedef struct sn_hash_memory_ops {
   void (*gather)(const hm_task *t);
   /* gather from bf16 panels: word w of a row holds columns c = (w / 16) 32 + w % 16 in its
    * low half and c + 16 in its high half, so that one vector of words gives two vectors of
-   * floats (shift, mask) that are whole column runs. All HM_CB columns are summed (the
-   * panel is zero past d_out); first starts from zeros, and the bias is added on writing
-   * y (sums, then bias). */
+   * floats that are whole column runs: column c is the low half shifted up (a bf16), column
+   * c + 16 the whole word read as an f32 -- a value with 16 more bits than bf16, whose high
+   * half sn_hash_linear_pack rounds around the low half's bits, as close as a bf16 and
+   * without the mask that would clear them. All HM_CB columns are summed (the panel is
+   * zero past d_out); first starts from zeros, and the bias is added on writing y (sums,
+   * then bias). */
   void (*gather_bf16)(const hm_task *t);
   /* bits = 8: chunk k (features 8k .. 8k + 7 of z) gets its code h[k] and score p[k] (the
-   * paper's form when paper) from z and u = sigmoid(-2|z|), with the arithmetic of
-   * hash_row in hash_memory.c in the same order (the same bits), VW chunks at a time. */
-  void (*hash8)(const float *z, const float *u, int64_t K, bool paper, int64_t *h, float *p);
+   * paper's form when paper), the arithmetic of hash_row in hash_memory.c in the same
+   * order, VW chunks at a time, its sigmoids included. */
+  void (*hash8)(const float *z, int64_t K, bool paper, int64_t *h, float *p);
   /* dp[n, k] += sum_c T[k, h[n,k], c] dy[n, c] over the task's columns. */
   void (*dot)(const hm_task *t);
   /* T[k, h[n,k], c] += p[n,k] dy[n, c], tokens in order n0, n0+1, ... */

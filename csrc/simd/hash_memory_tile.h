@@ -19,8 +19,7 @@
 #include "simd/hash_memory.h"
 #include "simd/tile_vec.h"
 
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
-typedef uint32_t vu __attribute__((vector_size(VW * 4), aligned(4)));
+typedef uint32_t vuu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned words */
 
 enum { NV = HM_CB / VW };
 _Static_assert(HM_CB % VW == 0, "a column block holds whole vectors");
@@ -166,10 +165,10 @@ static void gather(const hm_task *t) {
 INLINE void add_bf16(vf *a, vf s, const uint32_t *r) {
 #pragma GCC unroll 16
   for (int o = 0; o < HM_CB / 2; o += VW) {
-    vu w = *(const vu *)(r + o);
+    vu w = *(const vuu *)(r + o);
     const int c = o / 16 * 32 + o % 16; /* the low halves' first column */
     a[c / VW] += s * (vf)(w << 16);
-    a[(c + 16) / VW] += s * (vf)(w & 0xFFFF0000u);
+    a[(c + 16) / VW] += s * (vf)w; /* the whole word: see simd/hash_memory.h */
   }
 }
 
@@ -219,28 +218,32 @@ INLINE void transpose8(vf *v, const float *p) {
   }
 }
 
-static void hash8(const float *z, const float *u, int64_t K, bool paper, int64_t *h, float *p) {
+/* u = sigmoid(-2|z|) from the vector sigmoid here (the forward's other passes over the row
+ * are gone; 1e-7 from sn_vec's sigmoid that the backward uses). */
+static void hash8(const float *z, int64_t K, bool paper, int64_t *h, float *p) {
   int64_t k = 0;
   for (; k + VW <= K; k += VW) {
-    vf zt[8], ut[8], prod = splat(1.0f), S = splat(0.0f);
+    vf zt[8], prod = splat(1.0f), S = splat(0.0f);
     vi code = {0};
-    transpose8(zt, z + k * 8), transpose8(ut, u + k * 8);
+    transpose8(zt, z + k * 8);
 #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) {
+      vf a = (vf)((vi)zt[i] & 0x7fffffff), u = -2.0f * a;
+      vsigmoid(&u);
       code |= (vi)(zt[i] >= 0.0f) & (1 << i);
-      prod *= 1.0f - ut[i];
-      S += (vf)((vi)zt[i] & 0x7fffffff);
+      prod *= 1.0f - u;
+      S += a;
     }
     st(p + k, paper ? prod : S * prod);
     for (int q = 0; q < VW; q++) h[k + q] = code[q];
   }
   for (; k < K; k++) {
-    const float *zk = z + k * 8, *uk = u + k * 8;
+    const float *zk = z + k * 8;
     int64_t c = 0;
     float prod = 1.0f, S = 0.0f;
     for (int i = 0; i < 8; i++) {
       c |= (int64_t)(zk[i] >= 0.0f) << i;
-      prod *= 1.0f - uk[i];
+      prod *= 1.0f - 1.0f / (1.0f + expf(2.0f * fabsf(zk[i])));
       S += fabsf(zk[i]);
     }
     h[k] = c, p[k] = paper ? prod : S * prod;
