@@ -52,10 +52,13 @@ static void set_contiguous_strides(sn_tensor *t) {
 }
 
 /* A released storage of at least CACHE_MIN bytes leaves its block here for the next
- * request of the same size (up to CACHE_SLOTS blocks, CACHE_BYTES in all; beyond, blocks
- * go back to malloc). A training step asks for the same activation sizes every time, and
- * a fresh large malloc is an mmap whose pages fault on first touch: ~1000 faults per GPT
- * step without it. Off under AddressSanitizer, so that a use after free stays visible. */
+ * request of the same size (up to CACHE_SLOTS blocks, CACHE_BYTES in all; to make room,
+ * the blocks kept longest go back to malloc, so sizes no longer asked for, such as a
+ * model's one-off set-up temporaries, do not hold the cache). A training step asks for
+ * the same activation sizes every time, and a fresh large malloc is an mmap whose pages
+ * fault on first touch: ~1000 faults per GPT step without it, and a 16 MiB output that
+ * faulted in on every call took ~10% of a memory layer's forward. Off under
+ * AddressSanitizer, so that a use after free stays visible. */
 #define CACHE_MIN ((size_t)1 << 20)
 #define CACHE_SLOTS 64
 #define CACHE_BYTES ((size_t)256 << 20)
@@ -68,8 +71,10 @@ static void set_contiguous_strides(sn_tensor *t) {
 static struct {
   void *block;
   size_t bytes;
+  uint64_t stamp; /* when it was kept: the smallest goes first */
 } cache[CACHE_SLOTS];
 static size_t cache_bytes;
+static uint64_t cache_clock;
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A kept block of exactly `bytes`, or a new one. */
@@ -89,19 +94,34 @@ static void *block_alloc(size_t bytes) {
   return malloc(bytes);
 }
 
+/* The slot of the block kept longest, or -1 when the cache is empty. */
+static int oldest_slot(void) {
+  int at = -1;
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].block && (at < 0 || cache[i].stamp < cache[at].stamp)) at = i;
+  return at;
+}
+
 static void block_free(void *block, size_t bytes) {
-  if (CACHE_ON && bytes >= CACHE_MIN) {
-    bool kept = false;
+  if (CACHE_ON && bytes >= CACHE_MIN && bytes <= CACHE_BYTES) {
+    void *evicted[CACHE_SLOTS];
+    int nev = 0, slot = -1;
     pthread_mutex_lock(&cache_lock);
-    if (cache_bytes + bytes <= CACHE_BYTES)
-      for (int i = 0; i < CACHE_SLOTS && !kept; i++)
-        if (!cache[i].block) {
-          cache[i].block = block, cache[i].bytes = bytes;
-          cache_bytes += bytes;
-          kept = true;
-        }
+    for (;;) {
+      for (int i = 0; i < CACHE_SLOTS && slot < 0; i++)
+        if (!cache[i].block) slot = i;
+      if (slot >= 0 && cache_bytes + bytes <= CACHE_BYTES) break;
+      int old = oldest_slot();
+      evicted[nev++] = cache[old].block;
+      cache_bytes -= cache[old].bytes;
+      cache[old].block = NULL;
+      if (slot < 0) slot = old;
+    }
+    cache[slot].block = block, cache[slot].bytes = bytes, cache[slot].stamp = ++cache_clock;
+    cache_bytes += bytes;
     pthread_mutex_unlock(&cache_lock);
-    if (kept) return;
+    for (int i = 0; i < nev; i++) free(evicted[i]); /* outside the lock: munmap can take a while */
+    return;
   }
   free(block);
 }
