@@ -1,9 +1,10 @@
 /* kernels/hash_memory.c -- MemoryFormer's memory layer: a linear map replaced by K hashed
  * lookup tables (math in seqnn.h).
  *
- * hash: per token, z = x's row, u = sigmoid(-2|z|) (at 8 bits inside hash8, 16 chunks at
- *   a time; else by the vector sigmoid of simd/vec.h), then per chunk the code bits, the
- *   product of (1 - u) and the L1 norm. Threaded over tokens.
+ * hash: per token, z = x's row; per chunk the code bits, the L1 norm and the product of
+ *   sigmoid(2|z_i|): at 8 bits by hash8, 16 chunks at a time, as 1 / prod (1 + e^-2|z_i|);
+ *   else as prod (1 - u), u = sigmoid(-2|z|) by the vector sigmoid of simd/vec.h. Threaded
+ *   over tokens.
  * gather (fwd): the weighted sum of K rows of d_out floats per token is memory-bound when
  *   done token by token (a token reads K * d_out * 4 bytes, 512 KiB at 1024 -> 1024). So
  *   tasks own a column block of HM_CB floats (the accumulators of one token stay in

@@ -218,22 +218,24 @@ INLINE void transpose8(vf *v, const float *p) {
   }
 }
 
-/* u = sigmoid(-2|z|) from the vector sigmoid here (the forward's other passes over the row
- * are gone; 1e-7 from sn_vec's sigmoid that the backward uses). */
+/* The product of sigmoid(2|z_i|) as 1 / prod (1 + e^(-2|z_i|)): one reciprocal per chunk
+ * (1e-7 from hash_row's product of 1 - sigmoid(-2|z_i|), which the backward uses). */
 static void hash8(const float *z, int64_t K, bool paper, int64_t *h, float *p) {
   int64_t k = 0;
   for (; k + VW <= K; k += VW) {
-    vf zt[8], prod = splat(1.0f), S = splat(0.0f);
+    vf zt[8], den = splat(1.0f), S = splat(0.0f);
     vi code = {0};
     transpose8(zt, z + k * 8);
 #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) {
-      vf a = (vf)((vi)zt[i] & 0x7fffffff), u = -2.0f * a;
-      vsigmoid(&u);
+      vf a = (vf)((vi)zt[i] & 0x7fffffff), e = -2.0f * a;
+      vexp_plus1(&e);
       code |= (vi)(zt[i] >= 0.0f) & (1 << i);
-      prod *= 1.0f - u;
+      den *= e;
       S += a;
     }
+    vf prod = den;
+    vrecip(&prod);
     st(p + k, paper ? prod : S * prod);
     for (int q = 0; q < VW; q++) h[k + q] = code[q];
   }
@@ -243,7 +245,7 @@ static void hash8(const float *z, int64_t K, bool paper, int64_t *h, float *p) {
     float prod = 1.0f, S = 0.0f;
     for (int i = 0; i < 8; i++) {
       c |= (int64_t)(zk[i] >= 0.0f) << i;
-      prod *= 1.0f - 1.0f / (1.0f + expf(2.0f * fabsf(zk[i])));
+      prod /= 1.0f + expf(-2.0f * fabsf(zk[i]));
       S += fabsf(zk[i]);
     }
     h[k] = c, p[k] = paper ? prod : S * prod;

@@ -47,23 +47,26 @@ typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 #define vclamp(x, lo, hi) vmin(vmax(x, splat(lo)), splat(hi))
 #endif
 
-/* 1 / (1 + e^-x), e^-x = 2^n e^r with n = rint(-x log2 e) and r = -x - n ln2 (ln2 in two
- * parts). -x is clamped to [-87, 88], where 2^n is a normal float; beyond, e^-x is below
- * the resolution of 1 + e^-x, or 1 / (1 + e^-x) below 1e-38. NaN stays NaN. Adding
- * 1.5 * 2^23 + 127 rounds to an integer whose low mantissa bits are n + 127, the exponent
- * field of 2^n. The reciprocal is the ISA's approximate one and a Newton step (~28 bits
- * from AVX-512's 14, ~22 from AVX2's 12): two FMAs instead of a division, which bounded
- * the loops. */
-INLINE void vsigmoid(vf *xp) {
+/* 1 + e^x, e^x = 2^n e^r with n = rint(x log2 e) and r = x - n ln2 (ln2 in two parts). x
+ * is clamped to [-87, 88], where 2^n is a normal float; beyond, e^x is below the
+ * resolution of 1 + e^x, or 1 + e^x above 1e38. NaN stays NaN. Adding 1.5 * 2^23 + 127
+ * rounds to an integer whose low mantissa bits are n + 127, the exponent field of 2^n. */
+INLINE void vexp_plus1(vf *xp) {
   static const float exp_c[] = {SN_EXP_POLY};
-  vf y = vclamp(-*xp, -87.0f, 88.0f);
+  vf y = vclamp(*xp, -87.0f, 88.0f);
   vf big = y * 1.44269504f + 12583039.0f, n = big - 12583039.0f;
   vf r = y - n * 0.693145752f;
   r = r - n * 1.42860677e-6f;
   vf p = splat(exp_c[0]);
 #pragma GCC unroll 7
   for (int k = 1; k < 7; k++) p = p * r + exp_c[k];
-  vf d = p * (vf)((vu)big << 23) + 1.0f;
+  *xp = p * (vf)((vu)big << 23) + 1.0f;
+}
+
+/* 1 / x: the ISA's approximate reciprocal and a Newton step (~28 bits from AVX-512's 14,
+ * ~22 from AVX2's 12): two FMAs instead of a division, which bounded the loops. */
+INLINE void vrecip(vf *xp) {
+  vf d = *xp;
 #if defined(__AVX512F__)
   vf q = (vf)_mm512_rcp14_ps((__m512)d);
   *xp = q * (2.0f - d * q);
@@ -73,6 +76,13 @@ INLINE void vsigmoid(vf *xp) {
 #else
   *xp = 1.0f / d;
 #endif
+}
+
+/* 1 / (1 + e^-x). */
+INLINE void vsigmoid(vf *xp) {
+  *xp = -*xp;
+  vexp_plus1(xp);
+  vrecip(xp);
 }
 
 #endif
