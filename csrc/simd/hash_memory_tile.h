@@ -20,6 +20,8 @@
 #include "simd/tile_vec.h"
 
 typedef uint32_t vuu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned words */
+typedef int64_t vl __attribute__((vector_size(VW * 8)));              /* VW codes */
+typedef int64_t vlu __attribute__((vector_size(VW * 8), aligned(8)));
 
 enum { NV = HM_CB / VW };
 _Static_assert(HM_CB % VW == 0, "a column block holds whole vectors");
@@ -237,7 +239,7 @@ static void hash8(const float *z, int64_t K, bool paper, int64_t *h, float *p) {
     vf prod = den;
     vrecip(&prod);
     st(p + k, paper ? prod : S * prod);
-    for (int q = 0; q < VW; q++) h[k + q] = code[q];
+    *(vlu *)(h + k) = __builtin_convertvector(code, vl);
   }
   for (; k < K; k++) {
     const float *zk = z + k * 8;
