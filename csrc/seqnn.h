@@ -619,10 +619,11 @@ sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const 
  *   here can tell that tables changed after it was made.
  * pack: packed f32 (ceil(d_out / SN_HASH_PANEL), K * 2^bits, SN_HASH_PANEL) contiguous:
  *   packed[j, r, c] = tables[r, j SN_HASH_PANEL + c] (0 past d_out), the panels fwd reads;
- *   or packed i64 (ceil(d_out / SN_HASH_PANEL), K * 2^bits, SN_HASH_PANEL / 4): the same
- *   panels in bf16 (each value within half a bf16 step: half the columns rounded to nearest
- *   even, half on a grid offset by their word's other half), half the bytes for inference,
- *   fwd summing in f32. Its words are an internal layout (simd/hash_memory.h), not numbers.
+ *   or packed i64 (ceil(d_out / SN_HASH_PANEL_BF16), K * 2^bits, SN_HASH_PANEL_BF16 / 4):
+ *   panels of SN_HASH_PANEL_BF16 columns in bf16 (each value within half a bf16 step: half
+ *   the columns rounded to nearest even, half on a grid offset by their word's other half),
+ *   half the bytes for inference, fwd summing in f32. Its words are an internal layout
+ *   (simd/hash_memory.h), not numbers.
  * bwd: dp[n,k] = <tables[row], dy[n]>; dx[n, k bits + i] = dp dp[n,k]/dz_i
  *   (paper: 2 sgn(z_i) P sigmoid(-2|z_i|); code: sgn(z_i) P (1 + 2 S sigmoid(-2|z_i|)));
  *   dtables = sum_n p[n,k] dy[n] at the rows read (dense: every other row zero);
@@ -631,6 +632,7 @@ sn_status sn_delta_rule_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *state, const 
  *   is summed in a fixed order: the same bits for any thread count. */
 #define SN_HASH_MAX_BITS 16
 #define SN_HASH_PANEL 64
+#define SN_HASH_PANEL_BF16 32
 typedef enum { SN_HASH_SCORE_CODE = 0, SN_HASH_SCORE_PAPER = 1 } sn_hash_score;
 sn_status sn_hash_linear_pack(sn_ctx *ctx, sn_tensor *packed, const sn_tensor *tables);
 sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_tensor *p, const sn_tensor *x,

@@ -1,8 +1,9 @@
 /* test_hash_memory.c -- kernels/hash_memory.c (MemoryFormer's memory layer) against a naive
  * double reference on every SIMD level: bits 1..10 and 16, table counts across the kernel's
- * table blocks (at 8 bits 8 tables forward, 16 backward; at 10, 2 and 4), d_out that is no
- * multiple of the 64-column block or of a vector, both scores, with and without bias; the
- * packed copy against the tables read in place (bit for bit); exact zeros (sgn(0) = +1), NaN,
+ * table blocks (at 8 bits 8 tables forward, 16 from a bf16 copy, 16 backward; at 10, 2, 4
+ * and 4), d_out that is no multiple of the 64- or 32-column block or of a vector, both
+ * scores, with and without bias; the packed copy against the tables read in place (bit for
+ * bit), the bf16 copy within its rounding; exact zeros (sgn(0) = +1), NaN,
  * thread-count independence and bad input. The reference's gradients are checked by finite
  * differences first. */
 #include <omp.h>
@@ -146,7 +147,8 @@ static void check_case(const cfg *g, const char *what) {
   cr_expect(tu_same_bits(&b.y, &y2), "packed fwd differs, %s", what);
   /* the bf16 copy: every table value within half a bf16 step, so y within the sum of those
    * steps (2^-8 of the sum of |p T|) and f32's rounding */
-  sn_tensor pk16 = tu_empty(&ctx, SN_I64, 3, (int64_t[]){ncb, K * R, SN_HASH_PANEL / 4});
+  const int64_t ncb16 = (g->dout + SN_HASH_PANEL_BF16 - 1) / SN_HASH_PANEL_BF16;
+  sn_tensor pk16 = tu_empty(&ctx, SN_I64, 3, (int64_t[]){ncb16, K * R, SN_HASH_PANEL_BF16 / 4});
   cr_assert_eq(sn_hash_linear_pack(&ctx, &pk16, &b.tab), SN_OK, "%s", ctx.err);
   cr_assert_eq(sn_hash_linear_fwd(&ctx, &y2, NULL, NULL, &b.x, &b.tab, &pk16, pb, g->bits, score_of(g)), SN_OK, "%s",
                ctx.err);
@@ -220,31 +222,32 @@ Test(hash_memory, matches_reference_on_every_simd_level) {
 }
 
 /* Enough work for the threaded loops, token ranges split over column blocks, several table
- * blocks (8 bits: 8 tables a block forward, 16 backward; 10: 2 and 4) and the widest code. */
+ * blocks (8 bits: 8 tables a block forward, 16 from bf16 and backward; 10: 2, 4 and 4) and
+ * the widest code. */
 Test(hash_memory, large_and_threaded) {
   const cfg cs[] = {{300, 8 * 40, 200, 8, true, false}, {130, 10 * 9, 70, 10, false, true},
                     {5000, 16, 3, 8, true, false},      {3, 32, 5, 16, true, false}};
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i], "large");
 }
 
-/* The bf16 copy's words (simd/hash_memory.h): word w of a 64-column row holds column
- * c = (w / 16) 32 + w % 16 in its low half, rounded to bf16, and read whole as an f32, column
- * c + 16; both within half a bf16 step of the table's value, at every magnitude (subnormal
- * to 2^126, either sign, zero), zeros past d_out, NaN kept. */
+/* The bf16 copy's words (simd/hash_memory.h): word w of a 32-column row holds column w in
+ * its low half, rounded to bf16, and read whole as an f32, column w + 16; both within half
+ * a bf16 step of the table's value, at every magnitude (subnormal to 2^126, either sign,
+ * zero), zeros past d_out, NaN kept. */
 Test(hash_memory, bf16_words_hold_both_columns_within_half_a_step) {
-  const int64_t rows = 40, dout = 70, ncb = 2;
+  const int64_t rows = 40, dout = 70, ncb = 3;
   sn_tensor tab = tu_make(&ctx, 2, (int64_t[]){rows, dout}, 11, 1, 0);
   float *t = sn_f32(&tab);
   for (int64_t i = 0; i < rows * dout; i++) t[i] = ldexpf(t[i], (int)(i * 37 % 267) - 140);
   t[3] = 0.0f, t[20] = -0.0f, t[dout + 5] = NAN, t[dout + 16 + 6] = NAN, t[2 * dout + 1] = INFINITY;
-  sn_tensor pk = tu_empty(&ctx, SN_I64, 3, (int64_t[]){ncb, rows, SN_HASH_PANEL / 4});
+  sn_tensor pk = tu_empty(&ctx, SN_I64, 3, (int64_t[]){ncb, rows, SN_HASH_PANEL_BF16 / 4});
   cr_assert_eq(sn_hash_linear_pack(&ctx, &pk, &tab), SN_OK, "%s", ctx.err);
   const uint32_t *words = (const uint32_t *)sn_data(&pk);
   for (int64_t cb = 0; cb < ncb; cb++)
     for (int64_t r = 0; r < rows; r++)
-      for (int w = 0; w < SN_HASH_PANEL / 2; w++) {
-        uint32_t word = words[(cb * rows + r) * (SN_HASH_PANEL / 2) + w], lo = word << 16;
-        int64_t c = cb * SN_HASH_PANEL + w / 16 * 32 + w % 16;
+      for (int w = 0; w < SN_HASH_PANEL_BF16 / 2; w++) {
+        uint32_t word = words[(cb * rows + r) * (SN_HASH_PANEL_BF16 / 2) + w], lo = word << 16;
+        int64_t c = cb * SN_HASH_PANEL_BF16 + w;
         float vlo, vhi;
         memcpy(&vlo, &lo, sizeof vlo);
         memcpy(&vhi, &word, sizeof vhi);

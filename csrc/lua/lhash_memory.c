@@ -4,7 +4,7 @@
  *       x (..., d_in), tables (K*2^bits, d_out), bias (d_out); y (..., d_out); codes i64 and
  *       p f32 (N, K) only when save (the state backward needs); packed from k_hash_linear_pack
  *   packed = k_hash_linear_pack(tables [, bf16])   f32 (ceil(d_out/64), K*2^bits, 64), or
- *       with bf16 i64 (ceil(d_out/64), K*2^bits, 16) of bf16 pairs: read by fwd instead of
+ *       with bf16 i64 (ceil(d_out/32), K*2^bits, 8) of bf16 pairs: read by fwd instead of
  *       tables (the caller keeps it current)
  *   dx|nil, dtables|nil, dbias|nil = k_hash_linear_bwd(dy, x, tables, codes, p, bits, paper,
  *                                                      want_dx, want_dtables, want_dbias)
@@ -103,10 +103,10 @@ static int l_fwd(lua_State *L) {
 static int l_pack(lua_State *L) {
   sn_tensor *tables = contiguous_arg(L, 1, "tables");
   if (tables->ndim != 2) sn_lua_fail(L, "%s: tables must be (K * 2^bits, d_out), got %s", FN, SN_SHAPE(tables));
-  int64_t ncb = (tables->size[1] + SN_HASH_PANEL - 1) / SN_HASH_PANEL;
   bool bf16 = lua_toboolean(L, 2);
+  int64_t width = bf16 ? SN_HASH_PANEL_BF16 : SN_HASH_PANEL, ncb = (tables->size[1] + width - 1) / width;
   sn_tensor *packed = sn_lua_push_empty(L, FN, bf16 ? SN_I64 : SN_F32, 3,
-                                        (int64_t[]){ncb, tables->size[0], bf16 ? SN_HASH_PANEL / 4 : SN_HASH_PANEL});
+                                        (int64_t[]){ncb, tables->size[0], bf16 ? width / 4 : width});
   sn_status st = sn_hash_linear_pack(sn_lua_ctx(L), packed, tables);
   if (st != SN_OK) sn_lua_raise(L, FN, st);
   return 1;

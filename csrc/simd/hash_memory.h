@@ -20,6 +20,11 @@
 /* Columns per block: 4 AVX-512 registers of accumulators (8 with AVX2), and a row slice of
  * 256 bytes, so that a block of tables x 2^bits rows of it fits L2 (see hash_memory.c). */
 #define HM_CB 64 /* = SN_HASH_PANEL */
+/* Columns per block of a bf16 copy: its row slice is one cache line (16 words), the unit L2
+ * hands to L1, and the y panel half as wide; reading a row costs one line per 32 columns,
+ * as the 64-column block's did, while a token's partial sums cost half as many (and the
+ * table block, as many bytes, twice the tables). */
+#define HM_CB16 32 /* = SN_HASH_PANEL_BF16 */
 
 typedef struct hm_task {
   int64_t n0, n1, k0, k1, c0, nc;
@@ -29,12 +34,12 @@ typedef struct hm_task {
   const float *tab;     /* gather, dot: the panel of tables [k0, k1), columns [c0, c0 + nc) */
   const float *bias;    /* gather with first: (dout) or NULL for zeros */
   const float *dy;      /* dot, scatter: (N, dout) */
-  float *out;           /* gather: a panel of y, row n - n0 at out + (n - n0) HM_CB;
+  float *out;           /* gather: a panel of y, row n - n0 at out + (n - n0) HM_CB (HM_CB16 for bf16);
                          * dot: dp (N, K); scatter: the panel of dtables */
   float *y;             /* gather: NULL, or (the last table block) y (N, dout), written
                          * instead of the panel: no copy of the panel afterwards */
   bool first;           /* gather: start from the bias, not from y's partial sums */
-  const uint32_t *tab16; /* gather_bf16: the panel in bf16 pairs, HM_CB / 2 words a row (see below) */
+  const uint32_t *tab16; /* gather_bf16: the panel in bf16 pairs, HM_CB16 / 2 words a row (see below) */
   const char *next;     /* gather: NULL, or memory to fetch towards L2 while summing ... */
   int64_t next_bytes;   /* ... (the next panel of a packed copy), spread over the tokens */
   /* gather, gather_bf16 (instead of h and p): token n's codes as panel rows,
@@ -52,12 +57,12 @@ typedef struct sn_hash_memory_ops {
    * (Y: the panel of y),
    * tables added in order k0, k0+1, ... */
   void (*gather)(const hm_task *t);
-  /* gather from bf16 panels: word w of a row holds columns c = (w / 16) 32 + w % 16 in its
-   * low half and c + 16 in its high half, so that one vector of words gives two vectors of
-   * floats that are whole column runs: column c is the low half shifted up (a bf16), column
-   * c + 16 the whole word read as an f32 -- a value with 16 more bits than bf16, whose high
+  /* gather from bf16 panels of HM_CB16 columns: word w of a row holds column w in its low
+   * half and w + 16 in its high half, so that one vector of words gives two vectors of
+   * floats that are whole column runs: column w is the low half shifted up (a bf16), column
+   * w + 16 the whole word read as an f32 -- a value with 16 more bits than bf16, whose high
    * half sn_hash_linear_pack rounds around the low half's bits, as close as a bf16 and
-   * without the mask that would clear them. All HM_CB columns are summed (the panel is
+   * without the mask that would clear them. All HM_CB16 columns are summed (the panel is
    * zero past d_out); first starts from zeros, and the bias is added on writing y (sums,
    * then bias). */
   void (*gather_bf16)(const hm_task *t);

@@ -23,8 +23,8 @@ typedef uint32_t vuu __attribute__((vector_size(VW * 4), aligned(4))); /* unalig
 typedef int64_t vl __attribute__((vector_size(VW * 8)));              /* VW codes */
 typedef int64_t vlu __attribute__((vector_size(VW * 8), aligned(8)));
 
-enum { NV = HM_CB / VW };
-_Static_assert(HM_CB % VW == 0, "a column block holds whole vectors");
+enum { NV = HM_CB / VW, NV16 = HM_CB16 / VW };
+_Static_assert(HM_CB % VW == 0 && HM_CB16 % VW == 0, "a column block holds whole vectors");
 
 /* Vector j of a block of nv vectors whose last holds m lanes: whole, or the first m lanes
  * (the rest zero). With nv and m constants the test folds away. */
@@ -101,19 +101,20 @@ INLINE void fetch_next(const hm_task *t, int64_t n, int64_t step) {
 #define nt_fence() ((void)0)
 #endif
 
-/* Token n's sums v (NV vectors, zero past nc): to the y panel (whole rows), or to y's row
- * when t->y is set, plus the bias when add_bias (columns past nc are not written). */
-INLINE void put_sums(const hm_task *t, int64_t n, vf *v, bool add_bias) {
+/* Token n's sums v (nvb vectors, the block's width; zero past nc): to the y panel (whole
+ * rows, nvb VW floats apart), or to y's row when t->y is set, plus the bias when add_bias
+ * (columns past nc are not written). */
+INLINE void put_sums(const hm_task *t, int64_t n, vf *v, const int nvb, bool add_bias) {
   if (!t->y) {
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; j++) st(t->out + (n - t->n0) * HM_CB + j * VW, v[j]);
+    for (int j = 0; j < nvb; j++) st(t->out + (n - t->n0) * nvb * VW + j * VW, v[j]);
     return;
   }
   float *yr = t->y + n * t->dout + t->c0;
   const float *b = t->bias ? t->bias + t->c0 : NULL;
-  if (t->nc == HM_CB && (uintptr_t)yr % (VW * 4) == 0) {
+  if (t->nc == nvb * VW && (uintptr_t)yr % (VW * 4) == 0) {
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; j++) st_nt(yr + j * VW, add_bias && b ? v[j] + ld(b + j * VW) : v[j]);
+    for (int j = 0; j < nvb; j++) st_nt(yr + j * VW, add_bias && b ? v[j] + ld(b + j * VW) : v[j]);
   } else {
     int nv = (int)((t->nc + VW - 1) / VW), m = (int)(t->nc - (int64_t)(nv - 1) * VW);
     for (int j = 0; j < nv; j++) put(yr + j * VW, add_bias && b ? v[j] + get(b + j * VW, j, nv, m) : v[j], j, nv, m);
@@ -154,7 +155,7 @@ INLINE void gather_cols(const hm_task *t, int64_t c, const int nv, const int m) 
     }
 #pragma GCC unroll 16
     for (int j = 0; j < nv; j++) acc[j] += odd[j];
-    put_sums(t, n, acc, false);
+    put_sums(t, n, acc, NV, false);
   }
 }
 
@@ -163,14 +164,13 @@ static void gather(const hm_task *t) {
   if (t->y) nt_fence();
 }
 
-/* Adds s times the bf16 row r (HM_CB / 2 words) into a. */
+/* Adds s times the bf16 row r (HM_CB16 / 2 words) into a. */
 INLINE void add_bf16(vf *a, vf s, const uint32_t *r) {
 #pragma GCC unroll 16
-  for (int o = 0; o < HM_CB / 2; o += VW) {
+  for (int o = 0; o < HM_CB16 / 2; o += VW) {
     vu w = *(const vuu *)(r + o);
-    const int c = o / 16 * 32 + o % 16; /* the low halves' first column */
-    a[c / VW] += s * (vf)(w << 16);
-    a[(c + 16) / VW] += s * (vf)w; /* the whole word: see simd/hash_memory.h */
+    a[o / VW] += s * (vf)(w << 16);
+    a[(o + 16) / VW] += s * (vf)w; /* the whole word: see simd/hash_memory.h */
   }
 }
 
@@ -180,21 +180,21 @@ static void gather_bf16(const hm_task *t) {
   const int64_t step = next_step(t);
   for (int64_t n = t->n0; n < t->n1; n++) {
     fetch_next(t, n, step);
-    vf acc[NV], odd[NV]; /* two FMA chains, as in gather_cols */
-    float *yr = t->out + (n - t->n0) * HM_CB;
+    vf acc[NV16], odd[NV16]; /* two FMA chains, as in gather_cols */
+    float *yr = t->out + (n - t->n0) * HM_CB16;
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; j++) acc[j] = t->first ? splat(0.0f) : ld(yr + j * VW), odd[j] = splat(0.0f);
+    for (int j = 0; j < NV16; j++) acc[j] = t->first ? splat(0.0f) : ld(yr + j * VW), odd[j] = splat(0.0f);
     const uint32_t *on = t->off + n * kw;
     const float *pn = t->ps + n * kw;
     int64_t k = 0;
     for (; k + 1 < kw; k += 2) {
-      add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB / 2));
-      add_bf16(odd, splat(pn[k + 1]), tab + (int64_t)on[k + 1] * (HM_CB / 2));
+      add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB16 / 2));
+      add_bf16(odd, splat(pn[k + 1]), tab + (int64_t)on[k + 1] * (HM_CB16 / 2));
     }
-    if (k < kw) add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB / 2));
+    if (k < kw) add_bf16(acc, splat(pn[k]), tab + (int64_t)on[k] * (HM_CB16 / 2));
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; j++) acc[j] += odd[j];
-    put_sums(t, n, acc, true);
+    for (int j = 0; j < NV16; j++) acc[j] += odd[j];
+    put_sums(t, n, acc, NV16, true);
   }
   if (t->y) nt_fence();
 }
