@@ -36,7 +36,10 @@ local u, delta, z = leaf(sn.randn(B, T, D)), leaf(sn.randn(B, T, D) - 3), leaf(s
 local A, Bm, Cm = leaf(-(sn.rand(D, N) * 15 + 1)), leaf(sn.randn(B, T, N)), leaf(sn.randn(B, T, N))
 local Ds, bias = leaf(sn.ones(D)), leaf(sn.randn(D) * 0.1)
 local g = sn.randn(B, T, D)
+local leaves = { u, delta, z, A, Bm, Cm, Ds, bias }
 local scan_s = time(function()
+  -- fresh gradients each time, as the peer's step (x.grad = None): no accumulation timed
+  for _, t in ipairs(leaves) do t.grad = nil end
   local y = sn.F.selective_scan(u, delta, A, Bm, Cm, { D = Ds, z = z, delta_bias = bias, delta_softplus = true })
   y:backward(g)
 end, 7)
@@ -45,13 +48,14 @@ local x, ref = vs("scan_parallel_fwdbwd_ms", scan_s)
 row("selective_scan", shape, scan_s, 21.0 * B * T * D * N, x, "fwd+bwd vs parallel scan: " .. ref)
 x, ref = vs("scan_ref_fwdbwd_ms", scan_s)
 row("selective_scan", shape, scan_s, 21.0 * B * T * D * N, x, "fwd+bwd vs sequential: " .. ref)
-u, delta, z, A, Bm, Cm, Ds, bias, g = nil, nil, nil, nil, nil, nil, nil, nil, nil
+u, delta, z, A, Bm, Cm, Ds, bias, g, leaves = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
 
 -- ---- block -------------------------------------------------------------------------------
 local block = sn.nn.Mamba(768)
 local h, gh = sn.randn(B, T, 768):requires_grad(true), sn.randn(B, T, 768)
 local block_s = time(function()
   block:zero_grad()
+  h.grad = nil -- as the peer's x.grad = None
   block(h):backward(gh)
 end, 7)
 local params = block:num_parameters()
