@@ -6,6 +6,11 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 [ -x "$PYTHON" ] || PYTHON=python3
 JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 [ -r "$JEMALLOC" ] || JEMALLOC=
+# jemalloc's defaults still hand freed pages back to the kernel (at once for blocks past 8
+# MiB, its oversize arena; others within 10 s), so PyTorch's large temporaries -- a scan's
+# (B,T,D,N) tensors are 200 MiB -- fault in afresh on every step: with this, the parallel
+# scan peer ran 552-826 ms instead of 1.9-2.0 s. Kept unless the caller sets its own.
+export MALLOC_CONF="${MALLOC_CONF:-oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1}"
 
 # run_policies SCRIPT BOTH PASSIVE_ONLY: runs SCRIPT with the measurement names BOTH under
 # OMP_WAIT_POLICY=PASSIVE and ACTIVE (PASSIVE_ONLY, the long runs, under PASSIVE alone:
