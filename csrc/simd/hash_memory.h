@@ -67,8 +67,8 @@ typedef struct sn_hash_memory_ops {
    * then bias). */
   void (*gather_bf16)(const hm_task *t);
   /* bits = 8: chunk k (features 8k .. 8k + 7 of z) gets its code h[k] and score p[k] (the
-   * paper's form when paper), the arithmetic of hash_row in hash_memory.c in the same
-   * order, VW chunks at a time, its sigmoids included. */
+   * paper's form when paper), VW chunks at a time: hash_row's values in hash_memory.c,
+   * with the product of sigmoids taken as one reciprocal (equal within ~1e-7). */
   void (*hash8)(const float *z, int64_t K, bool paper, int64_t *h, float *p);
   /* dp[n, k] += sum_c T[k, h[n,k], c] dy[n, c] over the task's columns. */
   void (*dot)(const hm_task *t);
