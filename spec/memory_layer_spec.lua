@@ -137,6 +137,16 @@ describe("seqnn.F.hash_linear", function()
       "seqnn.F.hash_linear: argument 'tables' must be f32, got i64 (1024x4)")
     raises(function() F.hash_linear(sn.tensor(1.5), t) end,
       "seqnn.F.hash_linear: x must have at least one dim (..., d_in), got a scalar")
+    -- a packed copy of other tables, or in another layout (bf16 panels are 32 columns wide)
+    local t70 = sn.randn(1024, 70)
+    raises(function() F.hash_linear(sn.randn(2, 32), t70, nil, { packed = sn.randn(3, 3) }) end,
+      "seqnn.F.hash_linear: packed must be a contiguous f32 tensor of shape 2x1024x64 or i64 of 3x1024x8 (bf16), "
+      .. "the tables packed by sn_hash_linear_pack; got f32 3x3")
+    raises(function() F.hash_linear(sn.randn(2, 32), t70, nil, { packed = sn.zeros({ 2, 1024, 16 }, "i64") }) end,
+      "seqnn.F.hash_linear: packed must be a contiguous f32 tensor of shape 2x1024x64 or i64 of 3x1024x8 (bf16), "
+      .. "the tables packed by sn_hash_linear_pack; got i64 2x1024x16")
+    raises(function() F.hash_linear(sn.randn(2, 32), t70, nil, { packed = "x" }) end,
+      "bad argument #4 'opts.packed' to 'seqnn.F.hash_linear' (seqnn.Tensor expected, got string)")
     -- sizes whose product overflows: rejected before anything is allocated
     raises(function() F.hash_linear(sn.zeros(1 << 31, 1 << 31, 0), sn.zeros(0, 4), nil, { bits = 1 }) end,
       "seqnn.F.hash_linear: 2147483648x2147483648x4 elements overflow (max 2^60 f32 elements)")
