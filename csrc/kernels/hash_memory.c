@@ -290,16 +290,15 @@ sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_ten
   const int64_t N = d.N, K = d.K, dout = d.dout;
   if (N == 0 || dout == 0) return SN_OK;
   const int nt = omp_get_max_threads();
-  /* codes and scores live in the caller's tensors when it keeps them for backward */
-  const int64_t own = (codes ? 0 : N * K) + (p ? 0 : (N * K + 1) / 2), per = row_scratch(d.din);
+  /* Per thread: a token's codes and scores (K words each; unless the caller keeps them for
+   * backward, they are read only to be regrouped below), hash_row's scratch, a panel and
+   * a panel of y; then the codes and scores regrouped by table block (hm_task.off, .ps). */
+  const int64_t rowk = (3 * K + 15) / 16 * 16, per = rowk + row_scratch(d.din);
   const int64_t pf = panel_floats(&d);
   const int64_t yf = MAX_TOKENS * HM_CB;
-  /* then the codes and scores regrouped by table block (hm_task.off, .ps): N K words each */
-  int64_t *ws = sn_ctx_workspace(ctx, (size_t)(own + (per + pf + yf) * nt / 2 + N * K + 24) * sizeof(int64_t));
-  if (!ws) return SN_ENOMEM;
-  int64_t *ph = codes ? sn_i64(codes) : ws;
-  float *pp = p ? sn_f32(p) : (float *)(void *)(ws + (codes ? 0 : N * K));
-  float *scratch = (float *)(void *)(ws + (own + 7) / 8 * 8), *panels = scratch + per * nt;
+  float *scratch = sn_ctx_workspace(ctx, (size_t)((per + pf + yf) * nt + 2 * N * K + 32) * sizeof(float));
+  if (!scratch) return SN_ENOMEM;
+  float *panels = scratch + per * nt;
   uint32_t *offs = (uint32_t *)(void *)(panels + ((pf + yf) * nt + 15) / 16 * 16);
   float *pss = (float *)(void *)(offs + (N * K + 15) / 16 * 16);
   const float *px = sn_f32(x);
@@ -309,12 +308,13 @@ sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_ten
   const int64_t tb = bf16 ? table_block(&d, FWD16_L2_BYTES, HM_CB16 * 2) : table_block(&d, FWD_L2_BYTES, HM_CB * 4);
 #pragma omp parallel for schedule(static) num_threads(nt) if (N * d.din > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
-    float *u = scratch + per * omp_get_thread_num();
-    hash_row(&d, score, px + n * d.din, ph + n * K, pp + n * K, NULL, NULL, u, u + d.din);
+    float *mine = scratch + per * omp_get_thread_num(), *u = mine + rowk;
+    int64_t *hn = codes ? sn_i64(codes) + n * K : (int64_t *)(void *)mine;
+    float *pn = p ? sn_f32(p) + n * K : mine + 2 * K;
+    hash_row(&d, score, px + n * d.din, hn, pn, NULL, NULL, u, u + d.din);
     for (int64_t k0 = 0; k0 < K; k0 += tb) {
       int64_t kw = k0 + tb < K ? tb : K - k0, at = k0 * N + n * kw;
-      for (int64_t k = 0; k < kw; k++)
-        offs[at + k] = (uint32_t)(k * d.R + ph[n * K + k0 + k]), pss[at + k] = pp[n * K + k0 + k];
+      for (int64_t k = 0; k < kw; k++) offs[at + k] = (uint32_t)(k * d.R + hn[k0 + k]), pss[at + k] = pn[k0 + k];
     }
   }
   /* Column blocks, split further into token ranges when there are too few to share. */
@@ -331,8 +331,7 @@ sn_status sn_hash_linear_fwd(sn_ctx *ctx, sn_tensor *y, sn_tensor *codes, sn_ten
     int64_t cb = i / nrange, r = i % nrange, c0 = cb * width;
     float *panel = panels + (pf + yf) * omp_get_thread_num(), *ypanel = panel + pf;
     hm_task t = {.n0 = N * r / nrange, .n1 = N * (r + 1) / nrange, .c0 = c0,
-                 .nc = dout - c0 < width ? dout - c0 : width, .K = K, .R = d.R, .dout = dout, .h = ph,
-                 .p = pp, .tab = panel, .bias = pb, .out = ypanel, .first = true};
+                 .nc = dout - c0 < width ? dout - c0 : width, .K = K, .R = d.R, .dout = dout, .tab = panel, .bias = pb, .out = ypanel, .first = true};
     for (int64_t k0 = 0; k0 < K || t.first; k0 += tb) {
       t.k0 = k0, t.k1 = k0 + tb < K ? k0 + tb : K, t.off = offs + k0 * N, t.ps = pss + k0 * N;
       t.y = t.k1 >= K ? py : NULL;
