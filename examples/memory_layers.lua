@@ -9,6 +9,7 @@
 --   lua examples/memory_layers.lua --steps 600 --d 256
 --   lua examples/memory_layers.lua --help
 local sn = require "seqnn"
+local compare = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "lib/compare.lua")
 
 local PROG = "examples/memory_layers.lua"
 local FLAGS = {
@@ -43,24 +44,7 @@ local function config(extra)
 end
 
 -- The same validation windows for every model.
-local val = {}
-do
-  local saved = sn.get_rng_state()
-  sn.manual_seed(12345)
-  for i = 1, 20 do val[i] = { ds:batch("val", opts.batch) } end
-  sn.set_rng_state(saved)
-end
-
-local function val_loss(model)
-  model:eval()
-  local sum = sn.no_grad(function()
-    local s = 0
-    for _, b in ipairs(val) do s = s + sn.F.cross_entropy(model(b[1]), b[2]):item() end
-    return s
-  end)
-  model:train()
-  return sum / #val
-end
+local val = compare.Validation(ds, opts.batch)
 
 -- FLOPs per token of the layers that carry the model's arithmetic: 2 per weight of a
 -- Linear (the tied output projection included), a module's own count where it has one
@@ -81,24 +65,6 @@ local function flops_per_token(model)
   end
   for _, block in ipairs(model.blocks:children()) do walk(block) end
   return total
-end
-
--- Inference tokens/s: the median of 7 forwards over a batch of validation windows.
-local function tokens_per_s(model)
-  model:eval()
-  local x = val[1][1]
-  local times = {}
-  sn.no_grad(function()
-    model(x)
-    for i = 1, 7 do
-      local t0 = sn.clock()
-      model(x)
-      times[i] = sn.clock() - t0
-    end
-  end)
-  model:train()
-  table.sort(times)
-  return x:numel() / times[4]
 end
 
 local runs = {
@@ -122,8 +88,8 @@ for _, run in ipairs(runs) do
     batch = opts.batch, clip = 1.0, eval_batches = 0, log_every = math.max(1, opts.steps // 5),
     schedule = sn.optim.schedule.warmup_cosine{ lr = opts.lr, warmup = math.max(1, opts.steps // 20),
       total = opts.steps, min_lr = opts.lr / 10 } }
-  rows[#rows + 1] = { name = name, loss = val_loss(model), params = model:num_parameters(),
-    flops = flops_per_token(model), train = summary.tokens_per_s, infer = tokens_per_s(model) }
+  rows[#rows + 1] = { name = name, loss = val:loss(model), params = model:num_parameters(),
+    flops = flops_per_token(model), train = summary.tokens_per_s, infer = val:tokens_per_s(model) }
 end
 
 print()

@@ -8,6 +8,7 @@
 --   lua examples/sparse.lua --sparsity 0.9 --block 16x1 --finetune 400
 --   lua examples/sparse.lua --help
 local sn = require "seqnn"
+local compare = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "lib/compare.lua")
 
 local PROG = "examples/sparse.lua"
 local FLAGS = {
@@ -39,24 +40,7 @@ local config = { vocab_size = ds.tokenizer.vocab_size, d = opts.d, layers = opts
 local function new_model() return sn.models.LM(config) end
 
 -- The same validation windows for every model.
-local val = {}
-do
-  local saved = sn.get_rng_state()
-  sn.manual_seed(12345)
-  for i = 1, 20 do val[i] = { ds:batch("val", opts.batch) } end
-  sn.set_rng_state(saved)
-end
-
-local function val_loss(model)
-  model:eval()
-  local sum = sn.no_grad(function()
-    local s = 0
-    for _, b in ipairs(val) do s = s + sn.F.cross_entropy(model(b[1]), b[2]):item() end
-    return s
-  end)
-  model:train()
-  return sum / #val
-end
+local val = compare.Validation(ds, opts.batch)
 
 -- Weights of the linear layers (nonzero ones for sparse layers) and of the rest.
 local function count_weights(model)
@@ -77,24 +61,6 @@ local function count_weights(model)
   return math.floor(linear), math.floor(other)
 end
 
--- Inference tokens/s: the median of 7 forwards over a batch of validation windows.
-local function tokens_per_s(model)
-  model:eval()
-  local x = val[1][1]
-  local times = {}
-  sn.no_grad(function()
-    model(x)
-    for i = 1, 7 do
-      local t0 = sn.clock()
-      model(x)
-      times[i] = sn.clock() - t0
-    end
-  end)
-  model:train()
-  table.sort(times)
-  return x:numel() / times[4]
-end
-
 local function fit(model, steps, lr, extra)
   local optimizer = sn.optim.AdamW(model:parameters(), { lr = lr, weight_decay = 0.1 })
   local args = { model = model, optimizer = optimizer, data = ds, steps = steps, batch = opts.batch, clip = 1.0,
@@ -109,8 +75,8 @@ local function report(name, model, note)
   local linear, other = count_weights(model)
   -- Per token: 2 FLOPs per linear weight; attention's scores and sums over a full window.
   local flops = 2 * linear + opts.layers * 4 * opts.seq * opts.d
-  rows[#rows + 1] = { name = name, loss = val_loss(model), linear = linear, other = other, flops = flops,
-    tps = tokens_per_s(model), note = note or "" }
+  rows[#rows + 1] = { name = name, loss = val:loss(model), linear = linear, other = other, flops = flops,
+    tps = val:tokens_per_s(model), note = note or "" }
   local r = rows[#rows]
   print(("  %-28s val %.4f  %d linear weights  %.0f tokens/s"):format(name, r.loss, linear, r.tps))
 end
@@ -160,7 +126,7 @@ local blocky = sparse_run(("%d%% %dx%d blocks"):format(math.floor(opts.sparsity 
 local f32_loss = rows[#rows].loss
 sn.sparse.quantize(blocky)
 report(("%d%% %dx%d blocks, int8"):format(math.floor(opts.sparsity * 100 + 0.5), ro, ri), blocky,
-  ("int8 costs %+.4f nats"):format(val_loss(blocky) - f32_loss))
+  ("int8 costs %+.4f nats"):format(val:loss(blocky) - f32_loss))
 
 print()
 print(("%-32s %9s %12s %10s %12s %11s  %s"):format("model", "val loss", "linear wts", "other wts", "FLOPs/token",
