@@ -154,21 +154,23 @@ static sn_status rows_args(sn_ctx *ctx, const char *fn, const sn_tensor *p, cons
   return st;
 }
 
-/* The plan of rows (n entries, see plan_rows) in the workspace, followed by `extra` bytes. */
+/* The plan of rows (n entries, see plan_rows) in the workspace, and per thread a buffer of
+ * `width` floats for a group's summed gradient (bufs + thread * width). */
 typedef struct {
   rowpos *rp;
   int64_t *gstart, U;
-  void *extra;
+  float *bufs;
 } plan;
 
-static sn_status make_plan(sn_ctx *ctx, const char *fn, const sn_tensor *rows, int64_t R, size_t extra, plan *pl) {
+static sn_status make_plan(sn_ctx *ctx, const char *fn, const sn_tensor *rows, int64_t R, int64_t width, plan *pl) {
   int64_t n = rows->size[0];
   size_t need = (size_t)n * sizeof(rowpos) + (size_t)(n + 1) * sizeof(int64_t);
-  char *ws = sn_ctx_workspace(ctx, need + extra + 64);
+  size_t bufs = (size_t)omp_get_max_threads() * (size_t)width * sizeof(float);
+  char *ws = sn_ctx_workspace(ctx, need + bufs + 64);
   if (!ws) return SN_ENOMEM;
   pl->rp = (rowpos *)(void *)ws;
   pl->gstart = (int64_t *)(void *)(ws + (size_t)n * sizeof(rowpos));
-  pl->extra = ws + need;
+  pl->bufs = (float *)(void *)(ws + need);
   pl->U = plan_rows(ctx, fn, sn_i64(rows), n, R, pl->rp, pl->gstart);
   return pl->U < 0 ? SN_EINVAL : SN_OK;
 }
@@ -197,21 +199,19 @@ sn_status sn_adamw_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *exp_avg, sn_t
   if (st == SN_OK) st = nn_need(ctx, fn, "exp_avg_sq", exp_avg_sq, SN_F32, sn_numel(p));
   if (st == SN_OK) st = nn_need(ctx, fn, "row_step", row_step, SN_I64, R);
   if (st != SN_OK) return st;
-  const int nt = omp_get_max_threads();
   plan pl;
-  st = make_plan(ctx, fn, rows, R, (size_t)nt * (size_t)D * sizeof(float), &pl);
+  st = make_plan(ctx, fn, rows, R, D, &pl);
   if (st != SN_OK) return st;
   const rowpos *rp = pl.rp;
   const int64_t *gstart = pl.gstart, U = pl.U;
-  float *bufs = pl.extra;
   float decay = (float)(1.0 - lr * weight_decay), w1 = (float)(1.0 - beta1);
   float b2 = (float)beta2, w2 = (float)(1.0 - beta2), e = (float)eps;
   float *pp = sn_f32(p), *pm = sn_f32(exp_avg), *pv = sn_f32(exp_avg_sq);
   const float *pg = sn_f32(values);
   int64_t *steps = sn_i64(row_step);
-#pragma omp parallel num_threads(nt) if (U * D > NN_PARALLEL_MIN)
+#pragma omp parallel if (U * D > NN_PARALLEL_MIN)
   {
-    float *buf = bufs + (int64_t)omp_get_thread_num() * D;
+    float *buf = pl.bufs + (int64_t)omp_get_thread_num() * D;
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < U; u++) {
       int64_t r = rp[gstart[u]].row, t = ++steps[r];
@@ -239,20 +239,18 @@ sn_status sn_sgd_rows_step(sn_ctx *ctx, sn_tensor *p, sn_tensor *buf, sn_tensor 
   if (st == SN_OK && buf) st = nn_need(ctx, fn, "momentum_buffer", buf, SN_F32, sn_numel(p));
   if (st == SN_OK && row_step) st = nn_need(ctx, fn, "row_step", row_step, SN_I64, R);
   if (st != SN_OK) return st;
-  const int nt = omp_get_max_threads();
   plan pl;
-  st = make_plan(ctx, fn, rows, R, (size_t)nt * (size_t)D * sizeof(float), &pl);
+  st = make_plan(ctx, fn, rows, R, D, &pl);
   if (st != SN_OK) return st;
   const rowpos *rp = pl.rp;
   const int64_t *gstart = pl.gstart, U = pl.U;
-  float *bufs = pl.extra;
   float wd = (float)weight_decay, mom = (float)momentum, damp = (float)(1.0 - dampening), neg_lr = (float)-lr;
   float *pp = sn_f32(p), *pb = buf ? sn_f32(buf) : NULL;
   const float *pg = sn_f32(values);
   int64_t *steps = row_step ? sn_i64(row_step) : NULL;
-#pragma omp parallel num_threads(nt) if (U * D > NN_PARALLEL_MIN)
+#pragma omp parallel if (U * D > NN_PARALLEL_MIN)
   {
-    float *tmp = bufs + (int64_t)omp_get_thread_num() * D;
+    float *tmp = pl.bufs + (int64_t)omp_get_thread_num() * D;
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < U; u++) {
       int64_t r = rp[gstart[u]].row;
