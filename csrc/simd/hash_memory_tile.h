@@ -57,6 +57,12 @@ INLINE vf sum_lanes(vf *v) {
   return v[0];
 }
 
+/* v[j] <- vector j of the nv vectors at p, the last holding m lanes. */
+INLINE void get_cols(vf *v, const float *p, const int nv, const int m) {
+#pragma GCC unroll 16
+  for (int j = 0; j < nv; j++) v[j] = get(p + j * VW, j, nv, m);
+}
+
 /* fn(t, t->c0, nv, m) over the task's columns: nv vectors, the last holding m lanes; a full
  * column block passes the constants NV, VW, so its loops unroll without tests. */
 #define BY_COLUMNS(fn, t)                                                        \
@@ -260,8 +266,7 @@ INLINE void dot_cols(const hm_task *t, int64_t c, const int nv, const int m) {
   const int64_t K = t->K, R = t->R, dout = t->dout;
   for (int64_t n = t->n0; n < t->n1; n++) {
     vf d[NV] = {0};
-#pragma GCC unroll 16
-    for (int j = 0; j < nv; j++) d[j] = get(t->dy + n * dout + c + j * VW, j, nv, m);
+    get_cols(d, t->dy + n * dout + c, nv, m);
     const int64_t *hn = t->h + n * K;
     float *dp = t->out + n * K;
     /* VW tables at a time: their VW partial vectors fold into one vector of VW sums. */
@@ -293,8 +298,7 @@ INLINE void scatter_cols(const hm_task *t, int64_t c, const int nv, const int m)
   const int64_t K = t->K, R = t->R, dout = t->dout;
   for (int64_t n = t->n0; n < t->n1; n++) {
     vf d[NV] = {0};
-#pragma GCC unroll 16
-    for (int j = 0; j < nv; j++) d[j] = get(t->dy + n * dout + c + j * VW, j, nv, m);
+    get_cols(d, t->dy + n * dout + c, nv, m);
     const int64_t *hn = t->h + n * K;
     const float *pn = t->p + n * K;
     for (int64_t k = t->k0; k < t->k1; k++) {
