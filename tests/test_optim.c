@@ -84,6 +84,20 @@ Test(optim, sgd_matches_double_over_steps) {
 
 /* ---- row-sparse (lazy) steps ------------------------------------------------------------ */
 
+/* g <- the sum, in order, of the rows of vals whose entry in rows is r; false when none is. */
+static bool row_grad(float *g, const sn_tensor *rows, const sn_tensor *vals, int64_t r) {
+  const int64_t n = rows->size[0], D = vals->size[1];
+  bool hit = false;
+  for (int64_t i = 0; i < n; i++)
+    if (sn_i64(rows)[i] == r) {
+      const float *src = sn_f32(vals) + i * D;
+      if (!hit) memcpy(g, src, (size_t)D * 4);
+      else for (int64_t d = 0; d < D; d++) g[d] += src[d];
+      hit = true;
+    }
+  return hit;
+}
+
 /* Steps with random row sets (duplicates included) against the dense kernel run on each
  * touched row alone (its gradient the duplicates summed in order, its step its own count):
  * the same bits; untouched rows and their moments keep their bits. */
@@ -107,15 +121,7 @@ static void check_adamw_rows(int64_t R, int64_t D) {
     memcpy(before, sn_i64(&steps), (size_t)R * 8);
     cr_assert_eq(sn_adamw_rows_step(&ctx, &p, &m, &v, &steps, &rows, &vals, lr, b1, b2, eps, wd), SN_OK, "%s", ctx.err);
     for (int64_t r = 0; r < R; r++) {
-      bool hit = false;
-      float *g = sn_f32(&rg);
-      for (int64_t i = 0; i < n; i++)
-        if (sn_i64(&rows)[i] == r) {
-          const float *src = sn_f32(&vals) + i * D;
-          if (!hit) memcpy(g, src, (size_t)D * 4);
-          else for (int64_t d = 0; d < D; d++) g[d] += src[d];
-          hit = true;
-        }
+      bool hit = row_grad(sn_f32(&rg), &rows, &vals, r);
       size_t o = (size_t)(r * D), bytes = (size_t)D * 4;
       if (!hit) {
         cr_expect(memcmp(sn_f32(&p) + o, p0 + o, bytes) == 0 && memcmp(sn_f32(&m) + o, m0 + o, bytes) == 0 &&
@@ -164,15 +170,7 @@ Test(optim, sgd_rows_equals_dense_on_touched_rows) {
     memcpy(before, sn_i64(&steps), sizeof before);
     cr_assert_eq(sn_sgd_rows_step(&ctx, &p, &buf, &steps, &rows, &vals, lr, mom, damp, wd, false), SN_OK, "%s", ctx.err);
     for (int64_t r = 0; r < R; r++) {
-      bool hit = false;
-      float *g = sn_f32(&rg);
-      for (int64_t i = 0; i < n; i++)
-        if (sets[step][i] == r) {
-          const float *src = sn_f32(&vals) + i * D;
-          if (!hit) memcpy(g, src, (size_t)D * 4);
-          else for (int64_t d = 0; d < D; d++) g[d] += src[d];
-          hit = true;
-        }
+      bool hit = row_grad(sn_f32(&rg), &rows, &vals, r);
       size_t o = (size_t)(r * D), bytes = (size_t)D * 4;
       if (!hit) {
         cr_expect(memcmp(sn_f32(&p) + o, p0 + o, bytes) == 0 && memcmp(sn_f32(&buf) + o, b0 + o, bytes) == 0,

@@ -21,6 +21,18 @@ static int cmp_ranked(const void *a, const void *b) {
   return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Sorts the `count` candidates of row r and expects the kernel's k ids and values to be the
+ * first k of them (what names the case in messages). */
+static void expect_best(ranked *all, int64_t count, const int64_t *id, const float *v, int64_t k, int64_t r,
+                        const char *what) {
+  qsort(all, (size_t)count, sizeof *all, cmp_ranked);
+  for (int64_t j = 0; j < k; j++) {
+    cr_expect_eq(id[r * k + j], all[j].id, "%s row %lld rank %lld: %lld, want %lld", what, (long long)r, (long long)j,
+                 (long long)id[r * k + j], (long long)all[j].id);
+    cr_expect_eq(v[r * k + j], (float)all[j].v);
+  }
+}
+
 /* Values on a grid of 1/4 in [-2, 2): many ties, and sums of two are exact in f32. */
 static void quantize(sn_tensor *t) {
   for (int64_t i = 0; i < sn_numel(t); i++) sn_f32(t)[i] = floorf(sn_f32(t)[i] * 8.0f) / 4.0f;
@@ -32,15 +44,11 @@ static void check_topk(int64_t R, int64_t n, int64_t k, bool ties) {
   sn_tensor idx = tu_empty(&ctx, SN_I64, 2, (int64_t[]){R, k}), val = tu_empty(&ctx, SN_F32, 2, (int64_t[]){R, k});
   cr_assert_eq(sn_product_key_topk(&ctx, &idx, &val, &s, k), SN_OK, "%s", ctx.err);
   ranked *all = malloc((size_t)n * sizeof *all);
+  char what[64];
+  snprintf(what, sizeof what, "topk n %lld k %lld ties %d", (long long)n, (long long)k, ties);
   for (int64_t r = 0; r < R; r++) {
     for (int64_t i = 0; i < n; i++) all[i] = (ranked){sn_f32(&s)[r * n + i], i};
-    qsort(all, (size_t)n, sizeof *all, cmp_ranked);
-    for (int64_t j = 0; j < k; j++) {
-      cr_expect_eq(sn_i64(&idx)[r * k + j], all[j].id, "n %lld k %lld ties %d row %lld rank %lld: idx %lld, want %lld",
-                   (long long)n, (long long)k, ties, (long long)r, (long long)j, (long long)sn_i64(&idx)[r * k + j],
-                   (long long)all[j].id);
-      cr_expect_eq(sn_f32(&val)[r * k + j], (float)all[j].v);
-    }
+    expect_best(all, n, sn_i64(&idx), sn_f32(&val), k, r, what);
   }
   free(all);
   sn_tensor_release(&s), sn_tensor_release(&idx), sn_tensor_release(&val);
@@ -75,17 +83,13 @@ static void check_select(int64_t R, int64_t n, int64_t k, bool ties, uint32_t se
   sn_tensor slot = tu_empty(&ctx, SN_I64, 2, (int64_t[]){R, k}), score = tu_empty(&ctx, SN_F32, 2, (int64_t[]){R, k});
   cr_assert_eq(sn_product_key_select(&ctx, &slot, &score, &s1, &s2, k), SN_OK, "%s", ctx.err);
   ranked *all = malloc((size_t)(n * n) * sizeof *all);
+  char what[64];
+  snprintf(what, sizeof what, "select n %lld k %lld ties %d", (long long)n, (long long)k, ties);
   for (int64_t r = 0; r < R; r++) {
     for (int64_t a = 0; a < n; a++)
       for (int64_t b = 0; b < n; b++)
         all[a * n + b] = (ranked){(float)(sn_f32(&s1)[r * n + a] + sn_f32(&s2)[r * n + b]), a * n + b};
-    qsort(all, (size_t)(n * n), sizeof *all, cmp_ranked);
-    for (int64_t j = 0; j < k; j++) {
-      cr_expect_eq(sn_i64(&slot)[r * k + j], all[j].id, "n %lld k %lld ties %d row %lld rank %lld: slot %lld, want %lld",
-                   (long long)n, (long long)k, ties, (long long)r, (long long)j, (long long)sn_i64(&slot)[r * k + j],
-                   (long long)all[j].id);
-      cr_expect_eq(sn_f32(&score)[r * k + j], (float)all[j].v);
-    }
+    expect_best(all, n * n, sn_i64(&slot), sn_f32(&score), k, r, what);
   }
   free(all);
   sn_tensor_release(&s1), sn_tensor_release(&s2), sn_tensor_release(&slot), sn_tensor_release(&score);
