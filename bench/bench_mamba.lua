@@ -25,9 +25,9 @@ util.header()
 local torch, torch_name = util.peer("sh bench/peers/run_scan.sh parallel parallel_btdn ref block")
 -- the parallel scan at its best: the faster of its two layouts ((B,D,T,N) as mamba.py, or
 -- (B,T,D,N), which ran faster here)
-if torch and torch.scan_parallel_btdn_fwdbwd_ms and torch.scan_parallel_btdn_fwdbwd_ms <
-    (torch.scan_parallel_fwdbwd_ms or math.huge) then
-  torch.scan_parallel_fwdbwd_ms = torch.scan_parallel_btdn_fwdbwd_ms
+local parallel = "scan_parallel_fwdbwd_ms"
+if torch and (torch.scan_parallel_btdn_fwdbwd_ms or math.huge) < (torch[parallel] or math.huge) then
+  parallel = "scan_parallel_btdn_fwdbwd_ms"
 end
 local function vs(name, seconds)
   local ms = torch and torch[name]
@@ -51,7 +51,7 @@ local scan_s = time(function()
   y:backward(g)
 end, 7)
 local shape = ("B%d T%d D%d N%d"):format(B, T, D, N)
-local x, ref = vs("scan_parallel_fwdbwd_ms", scan_s)
+local x, ref = vs(parallel, scan_s)
 row("selective_scan", shape, scan_s, 21.0 * B * T * D * N, x, "fwd+bwd vs parallel scan (faster layout): " .. ref)
 x, ref = vs("scan_ref_fwdbwd_ms", scan_s)
 row("selective_scan", shape, scan_s, 21.0 * B * T * D * N, x, "fwd+bwd vs sequential: " .. ref)
