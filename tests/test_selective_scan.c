@@ -383,6 +383,26 @@ Test(selective_scan, strided_views_equal_contiguous_copies) {
   sn_tensor_release(&xz), sn_tensor_release(&xdbl), sn_tensor_release(&gall), sn_tensor_release(&hall);
 }
 
+/* With z but no dz asked for, the other gradients are the same bits (whole tiles write
+ * their results straight to the caller's tensors, a partial one through a copy). */
+Test(selective_scan, gradients_without_dz_are_the_same) {
+  cfg c = {2, 70, 48 + 5, 16, true, true, true, true, true, true};
+  fixture f;
+  fixture_inputs(&f, &c);
+  fixture_run(&f, true);
+  int64_t btd[] = {c.B, c.T, c.D}, btn[] = {c.B, c.T, c.N}, dn[] = {c.D, c.N};
+  sn_tensor du = tu_empty(&ctx, SN_F32, 3, btd), dd = tu_empty(&ctx, SN_F32, 3, btd), dA = tu_empty(&ctx, SN_F32, 2, dn);
+  sn_tensor dB = tu_empty(&ctx, SN_F32, 3, btn), dC = tu_empty(&ctx, SN_F32, 3, btn);
+  cr_assert_eq(sn_selective_scan_bwd(&ctx, &du, &dd, &dA, &dB, &dC, NULL, NULL, NULL, NULL, &f.dout, &f.dfinal, &f.chunks,
+                                     &f.u, &f.delta, &f.A, &f.Bm, &f.Cm, &f.opts),
+               SN_OK, "%s", ctx.err);
+  sn_tensor *a[] = {&f.du, &f.ddelta, &f.dA, &f.dBm, &f.dCm}, *b[] = {&du, &dd, &dA, &dB, &dC};
+  for (size_t i = 0; i < 5; i++)
+    cr_expect(memcmp(sn_f32(a[i]), sn_f32(b[i]), (size_t)sn_numel(a[i]) * sizeof(float)) == 0, "gradient %zu", i);
+  for (size_t i = 0; i < 5; i++) sn_tensor_release(b[i]);
+  fixture_free(&f);
+}
+
 /* Decoding token by token from the initial state gives the forward's outputs and final state
  * bit for bit, on every SIMD table. */
 Test(selective_scan, step_loop_equals_forward) {

@@ -3,13 +3,13 @@
  * Channels are the vector lanes: a tile is SCAN_W consecutive channels of one sequence and
  * its N states are N vectors, so the recurrence runs 16 channels at a time and never
  * vectorizes over n (N = 16 leaves nothing to vectorize). A task is a (sequence, slice of
- * SLICE_TILES tiles) and goes through time in chunks of SN_SCAN_CHUNK steps. The chunk's
- * rows of the slice's channels are packed first: one copy of 1 KiB of contiguous bytes per
- * strided row rather than one cache line per tile and row. While the slice's tiles
- * compute, the inner loops (the ISA tables of simd/scan.h) fetch the next chunk's rows a
- * few lines per step, so memory keeps pace with the exps instead of delivering rows one
- * after another when they are packed. Results go out by streaming stores (ops->unpack):
- * a plain store reads each line in before overwriting it, which ran 3x slower.
+ * SLICE_TILES tiles) and goes through time in chunks of SN_SCAN_CHUNK steps. The inner
+ * loops (the ISA tables of simd/scan.h) read a whole tile's rows from the caller's tensors
+ * and write its results there (by streaming stores: a plain store reads each line in
+ * before overwriting it); a tile past the last channel goes through a copy padded with
+ * zeros. While the slice's tiles compute, the loops fetch the slice's rows of the next
+ * chunk into L2 a few lines per step, so memory keeps pace with the exps instead of
+ * delivering rows one after another when a tile first reads them.
  * fwd: a task runs its chunks in order, saving the state entering each one when
  *   chunk_states is asked for.
  * bwd: a task runs the chunks last to first; for each tile it reloads the chunk's entering
@@ -145,10 +145,9 @@ static void load_consts(const problem *P, consts k, int64_t d0, int dn) {
   }
 }
 
-/* A slice: tiles tile0 .. tile0+ntl-1 of a sequence, channels d0 .. d0+n-1. Its rows are
- * packed SW floats apart, so one copy of n contiguous floats moves a row for all its
- * tiles (a tile alone would touch one cache line per strided row). */
-#define SW (SLICE_TILES * W)
+/* A slice: tiles tile0 .. tile0+ntl-1 of a sequence, channels d0 .. d0+n-1. Its tiles share
+ * the prefetching of their next chunk's rows (n contiguous floats each) and the buffer of
+ * the dBm, dCm sums over their channels. */
 typedef struct {
   int64_t tile0, d0;
   int ntl, n;
@@ -156,19 +155,34 @@ typedef struct {
 
 static slice slice_of(const problem *P, int64_t s) {
   int64_t tile0 = s * SLICE_TILES;
-  return (slice){tile0, tile0 * W, (int)min64(SLICE_TILES, P->tiles - tile0), (int)min64(SW, P->D - tile0 * W)};
+  return (slice){tile0, tile0 * W, (int)min64(SLICE_TILES, P->tiles - tile0), (int)min64(SLICE_TILES * W, P->D - tile0 * W)};
 }
 
 /* Channels of tile i of the slice. */
 static int tile_channels(const slice *sl, int i) { return (int)min64(W, sl->n - i * W); }
 
-/* dst[t][0..width) = the n floats at src + t * rs, zeros past n, for t < L. */
-static void pack(float *dst, const float *src, int64_t rs, int L, int n, int width) {
-  for (int t = 0; t < L; t++) {
-    memcpy(dst + t * SW, src + t * rs, (size_t)n * sizeof(float));
-    if (n < width) memset(dst + t * SW + n, 0, (size_t)(width - n) * sizeof(float));
+/* A tile's L rows of an input at src (rows rs floats apart; dn channels): src itself for a
+ * whole tile, else a copy in buf ([L][W], zeros past dn). Sets *stride to the rows'. */
+static const float *tile_in(const float *src, int64_t rs, int L, int dn, float *buf, int64_t *stride) {
+  if (dn == W) {
+    *stride = rs;
+    return src;
   }
+  for (int t = 0; t < L; t++) {
+    memcpy(buf + t * W, src + t * rs, (size_t)dn * sizeof(float));
+    memset(buf + t * W + dn, 0, (size_t)(W - dn) * sizeof(float));
+  }
+  *stride = W;
+  return buf;
 }
+
+/* A partial tile's output rows from buf ([L][W]) to dst (rows rs floats apart). */
+static void tile_out(float *dst, int64_t rs, const float *buf, int L, int dn) {
+  for (int t = 0; t < L; t++) memcpy(dst + t * rs, buf + t * W, (size_t)dn * sizeof(float));
+}
+
+/* Whether rows at p, rs floats apart, can take streaming stores. */
+static bool aligned_rows(const float *p, int64_t rs) { return (uintptr_t)p % 64 == 0 && rs % W == 0; }
 
 /* bc (see scan_chunk) from the L rows of Bm and Cm at bm, cm, rows bs, cs floats apart. */
 static void pack_bc(float *bc, const float *bm, int64_t bs, const float *cm, int64_t cs, int L, int64_t N) {
@@ -199,10 +213,10 @@ static const float *row(view v, int64_t b, int64_t t0, int64_t d0) { return v.p 
 
 /* ---- forward --------------------------------------------------------------------------- */
 
-/* Per thread: each tile's constants and state, then u, delta, z, out of a chunk (SCAN_SKEW
- * apart, see simd/scan.h), work, Bm and Cm. */
+/* Per thread: each tile's constants and state, then a partial tile's u, delta, z, out
+ * (SCAN_SKEW apart, see simd/scan.h), work, Bm and Cm. */
 static int64_t fwd_floats(const problem *P) {
-  return SLICE_TILES * (consts_floats(P) + P->N * W) + 4 * (CH * SW + SCAN_SKEW) + SCAN_WORK_FLOATS +
+  return SLICE_TILES * (consts_floats(P) + P->N * W) + 4 * (CH * W + SCAN_SKEW) + SCAN_WORK_FLOATS +
          SCAN_BC_FLOATS(P->N);
 }
 
@@ -210,9 +224,9 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
                      float *final_state, float *chunk_states) {
   int64_t D = P->D, N = P->N, per_tile = consts_floats(P) + N * W;
   slice sl = slice_of(P, s);
-  int64_t span = CH * SW + SCAN_SKEW;
-  float *u = w + SLICE_TILES * per_tile, *delta = u + span, *z = delta + span, *o = z + span;
-  float *work = o + span, *bc = work + SCAN_WORK_FLOATS;
+  int64_t span = CH * W + SCAN_SKEW;
+  float *pu = w + SLICE_TILES * per_tile, *pd = pu + span, *pz = pd + span, *po = pz + span;
+  float *work = po + span, *bc = work + SCAN_WORK_FLOATS;
   for (int i = 0; i < sl.ntl; i++) {
     float *h = w + i * per_tile + consts_floats(P);
     int dn = tile_channels(&sl, i);
@@ -220,29 +234,31 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
     if (P->h0.p) ops->load_state(h, row(P->h0, b, sl.d0 + i * W, 0), P->h0.s1, (int)N, dn);
     else memset(h, 0, (size_t)(N * W) * sizeof(float));
   }
-  scan_chunk c = {.N = (int)N, .ps = SW, .bc = bc, .softplus = P->softplus, .work = work};
+  scan_chunk c = {.N = (int)N, .bc = bc, .softplus = P->softplus, .work = work};
   for (int64_t ch = 0; ch < P->chunks; ch++) {
     int64_t t0 = ch * CH;
     c.L = (int)min64(CH, P->T - t0);
-    pack(u, row(P->u, b, t0, sl.d0), P->u.s1, c.L, sl.n, sl.ntl * W);
-    pack(delta, row(P->delta, b, t0, sl.d0), P->delta.s1, c.L, sl.n, sl.ntl * W);
-    if (P->z.p) pack(z, row(P->z, b, t0, sl.d0), P->z.s1, c.L, sl.n, sl.ntl * W);
     pack_bc(bc, row(P->Bm, b, t0, 0), P->Bm.s1, row(P->Cm, b, t0, 0), P->Cm.s1, c.L, N);
     int64_t tn = ch + 1 < P->chunks ? t0 + CH : t0; /* the next chunk (none: 0 rows) */
     const float *next[] = {row(P->u, b, tn, sl.d0), row(P->delta, b, tn, sl.d0),
                            P->z.p ? row(P->z, b, tn, sl.d0) : NULL};
     int64_t next_rs[] = {P->u.s1, P->delta.s1, P->z.s1};
     for (int i = 0; i < sl.ntl; i++) {
+      int64_t d0 = sl.d0 + i * W;
+      int dn = tile_channels(&sl, i);
       share_rows(&c, next, next_rs, 3, tn > t0 ? (int)min64(CH, P->T - tn) : 0, sl.n, i, sl.ntl);
       consts k = consts_at(P, w + i * per_tile);
       c.A = k.A, c.A2 = k.A2, c.Dskip = k.Dskip, c.bias = k.bias, c.h = w + i * per_tile + consts_floats(P);
-      c.u = u + i * W, c.delta = delta + i * W, c.z = P->z.p ? z + i * W : NULL, c.out = o + i * W;
-      if (chunk_states)
-        ops->store_state(chunk_states + ((b * P->chunks + ch) * D + sl.d0 + i * W) * N, c.h, (int)N,
-                         tile_channels(&sl, i));
+      c.u = tile_in(row(P->u, b, t0, d0), P->u.s1, c.L, dn, pu, &c.us);
+      c.delta = tile_in(row(P->delta, b, t0, d0), P->delta.s1, c.L, dn, pd, &c.ds);
+      c.z = P->z.p ? tile_in(row(P->z, b, t0, d0), P->z.s1, c.L, dn, pz, &c.zs) : NULL;
+      float *dst = out + (b * P->T + t0) * D + d0;
+      c.out = dn == W ? dst : po, c.os = dn == W ? D : W;
+      c.stream = dn == W && aligned_rows(dst, D);
+      if (chunk_states) ops->store_state(chunk_states + ((b * P->chunks + ch) * D + d0) * N, c.h, (int)N, dn);
       ops->fwd(&c);
+      if (dn < W) tile_out(dst, D, po, c.L, dn);
     }
-    ops->unpack(out + (b * P->T + t0) * D + sl.d0, D, o, SW, c.L, sl.n);
   }
   if (final_state)
     for (int i = 0; i < sl.ntl; i++)
@@ -287,10 +303,11 @@ typedef struct {
   int64_t slices;
 } bwd_args;
 
-/* Per thread: the slice's constants, one state, u, delta, z, dout, du, ddelta, dz of a
- * chunk (SCAN_SKEW apart, see simd/scan.h), work, the dBm, dCm sums of a chunk, Bm and Cm. */
+/* Per thread: the slice's constants, one state, a partial tile's u, delta, z, dout, du,
+ * ddelta, dz (SCAN_SKEW apart, see simd/scan.h), work, the dBm, dCm sums of a chunk, Bm and
+ * Cm. */
 static int64_t bwd_floats(const problem *P) {
-  return SLICE_TILES * consts_floats(P) + P->N * W + 7 * (CH * SW + SCAN_SKEW) + SCAN_WORK_FLOATS +
+  return SLICE_TILES * consts_floats(P) + P->N * W + 7 * (CH * W + SCAN_SKEW) + SCAN_WORK_FLOATS +
          SCAN_ACC_FLOATS(P->N) + SCAN_BC_FLOATS(P->N);
 }
 
@@ -298,9 +315,9 @@ static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
   const problem *P = a->P;
   int64_t D = P->D, N = P->N, T = P->T;
   slice sl = slice_of(P, s);
-  int64_t span = CH * SW + SCAN_SKEW;
-  float *h = w + SLICE_TILES * consts_floats(P), *u = h + N * W, *delta = u + span, *z = delta + span;
-  float *dout = z + span, *du = dout + span, *ddelta = du + span, *dz = ddelta + span, *work = dz + span;
+  int64_t span = CH * W + SCAN_SKEW;
+  float *h = w + SLICE_TILES * consts_floats(P), *pu = h + N * W, *pd = pu + span, *pz = pd + span;
+  float *pdout = pz + span, *pdu = pdout + span, *pdd = pdu + span, *pdz = pdd + span, *work = pdz + span;
   float *acc = work + SCAN_WORK_FLOATS, *bc = acc + SCAN_ACC_FLOATS(N);
   memset(acc, 0, (size_t)SCAN_ACC_FLOATS(N) * sizeof(float));
   for (int i = 0; i < sl.ntl; i++) {
@@ -313,37 +330,42 @@ static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
     memset(a->dDskip + bt * W, 0, W * sizeof(float));
     memset(a->dbias + bt * W, 0, W * sizeof(float));
   }
-  scan_chunk c = {.N = (int)N, .ps = SW, .bc = bc, .softplus = P->softplus, .h = h, .acc = acc, .work = work};
+  scan_chunk c = {.N = (int)N, .bc = bc, .softplus = P->softplus, .h = h, .acc = acc, .work = work};
   for (int64_t ch = P->chunks - 1; ch >= 0; ch--) {
     int64_t t0 = ch * CH;
     c.L = (int)min64(CH, T - t0);
     pack_bc(bc, row(P->Bm, b, t0, 0), P->Bm.s1, row(P->Cm, b, t0, 0), P->Cm.s1, c.L, N);
-    pack(u, row(P->u, b, t0, sl.d0), P->u.s1, c.L, sl.n, sl.ntl * W);
-    pack(delta, row(P->delta, b, t0, sl.d0), P->delta.s1, c.L, sl.n, sl.ntl * W);
-    if (P->z.p) pack(z, row(P->z, b, t0, sl.d0), P->z.s1, c.L, sl.n, sl.ntl * W);
-    pack(dout, row(a->dout, b, t0, sl.d0), a->dout.s1, c.L, sl.n, sl.ntl * W);
     int64_t tp = ch > 0 ? t0 - CH : t0, np = ch > 0 ? CH : 0; /* the chunk swept next (none: 0 rows) */
     const float *next[] = {row(P->u, b, tp, sl.d0), row(P->delta, b, tp, sl.d0),
                            P->z.p ? row(P->z, b, tp, sl.d0) : NULL, row(a->dout, b, tp, sl.d0)};
     int64_t next_rs[] = {P->u.s1, P->delta.s1, P->z.s1, a->dout.s1};
     for (int i = 0; i < sl.ntl; i++) {
-      int64_t d0 = sl.d0 + i * W, bt = b * P->tiles + sl.tile0 + i;
+      int64_t d0 = sl.d0 + i * W, bt = b * P->tiles + sl.tile0 + i, o = (b * T + t0) * D + d0;
+      int dn = tile_channels(&sl, i);
       share_rows(&c, next, next_rs, 4, (int)np, sl.n, i, sl.ntl);
       consts k = consts_at(P, w + i * consts_floats(P));
       c.A = k.A, c.A2 = k.A2, c.Dskip = k.Dskip, c.bias = k.bias;
       c.g = a->g + bt * N * W, c.dA = a->dA + bt * N * W, c.dDskip = a->dDskip + bt * W, c.dbias = a->dbias + bt * W;
-      c.u = u + i * W, c.delta = delta + i * W, c.z = P->z.p ? z + i * W : NULL, c.dout = dout + i * W;
-      c.du = du + i * W, c.ddelta = ddelta + i * W, c.dz = dz + i * W;
+      c.u = tile_in(row(P->u, b, t0, d0), P->u.s1, c.L, dn, pu, &c.us);
+      c.delta = tile_in(row(P->delta, b, t0, d0), P->delta.s1, c.L, dn, pd, &c.ds);
+      c.z = P->z.p ? tile_in(row(P->z, b, t0, d0), P->z.s1, c.L, dn, pz, &c.zs) : NULL;
+      c.dout = tile_in(row(a->dout, b, t0, d0), a->dout.s1, c.L, dn, pdout, &c.dos);
+      bool whole = dn == W;
+      c.du = whole ? a->du + o : pdu, c.ddelta = whole ? a->ddelta + o : pdd;
+      c.dz = !a->dz ? NULL : whole ? a->dz + o : pdz;
+      c.os = whole ? D : W;
+      c.stream = whole && aligned_rows(c.du, D) && aligned_rows(c.ddelta, D) && (!c.dz || aligned_rows(c.dz, D));
       const float *states = a->chunk_states + ((b * P->chunks + ch) * D + d0) * N;
-      a->ops->load_state(h, states, N, (int)N, tile_channels(&sl, i));
+      a->ops->load_state(h, states, N, (int)N, dn);
       if (ch > 0) /* the tile's states entering the chunk swept next, which load_state would wait on */
-        for (int64_t j = 0; j < tile_channels(&sl, i) * N; j += W) __builtin_prefetch(states - D * N + j);
+        for (int64_t j = 0; j < dn * N; j += W) __builtin_prefetch(states - D * N + j);
       a->ops->bwd(&c);
+      if (!whole) {
+        tile_out(a->du + o, D, pdu, c.L, dn);
+        tile_out(a->ddelta + o, D, pdd, c.L, dn);
+        if (c.dz) tile_out(a->dz + o, D, pdz, c.L, dn);
+      }
     }
-    int64_t o = (b * T + t0) * D + sl.d0;
-    a->ops->unpack(a->du + o, D, du, SW, c.L, sl.n);
-    a->ops->unpack(a->ddelta + o, D, ddelta, SW, c.L, sl.n);
-    if (a->dz) a->ops->unpack(a->dz + o, D, dz, SW, c.L, sl.n);
     int64_t part = ((b * a->slices + s) * T + t0) * N;
     a->ops->take_sums(a->dB + part, a->dC + part, N, acc, c.L, (int)N);
   }
@@ -472,14 +494,13 @@ sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, 
     float *h = mine + consts_floats(&P), *pu = h + N * W, *pd = pu + CH * W, *pz = pd + CH * W, *o = pz + CH * W;
     load_consts(&P, k, d0, dn);
     ops->load_state(h, ps + (b * D + d0) * N, N, (int)N, dn);
-    pack(pu, P.u.p + b * P.u.s0 + d0, 0, 1, dn, W);
-    pack(pd, P.delta.p + b * P.delta.s0 + d0, 0, 1, dn, W);
-    if (P.z.p) pack(pz, P.z.p + b * P.z.s0 + d0, 0, 1, dn, W);
     float *bc = o + CH * W + SCAN_WORK_FLOATS;
     pack_bc(bc, P.Bm.p + b * P.Bm.s0, 0, P.Cm.p + b * P.Cm.s0, 0, 1, N);
-    scan_chunk c = {.L = 1, .N = (int)N, .ps = W, .u = pu, .delta = pd, .z = P.z.p ? pz : NULL, .bc = bc,
-                    .A = k.A, .A2 = k.A2, .Dskip = k.Dskip, .bias = k.bias, .softplus = P.softplus, .h = h,
-                    .out = o, .work = o + CH * W};
+    scan_chunk c = {.L = 1, .N = (int)N, .bc = bc, .A = k.A, .A2 = k.A2, .Dskip = k.Dskip, .bias = k.bias,
+                    .softplus = P.softplus, .h = h, .out = o, .os = W, .work = o + CH * W};
+    c.u = tile_in(P.u.p + b * P.u.s0 + d0, 0, 1, dn, pu, &c.us);
+    c.delta = tile_in(P.delta.p + b * P.delta.s0 + d0, 0, 1, dn, pd, &c.ds);
+    c.z = P.z.p ? tile_in(P.z.p + b * P.z.s0 + d0, 0, 1, dn, pz, &c.zs) : NULL;
     ops->fwd(&c);
     ops->store_state(ps + (b * D + d0) * N, h, (int)N, dn);
     memcpy(po + b * D + d0, o, (size_t)dn * sizeof(float));

@@ -4,9 +4,10 @@
  * selective_scan.c picks the table matching sn_vec (so SEQNN_SIMD lowers both alike).
  *
  * The unit of work is one tile of SCAN_W channels (one vector; lanes are channels) over
- * one chunk of L <= SN_SCAN_CHUNK steps. Per-step channel data is packed by the caller
- * into rows of SCAN_W floats, ps floats apart (lanes past the tile's last channel hold
- * zeros, which keeps them at zero state and zero gradient); Bm and Cm by pairs of states
+ * one chunk of L <= SN_SCAN_CHUNK steps. Per-step channel data are rows of SCAN_W floats,
+ * row t of each array at its pointer + t * its stride: the caller's tensors themselves for
+ * a whole tile, or for a tile past the last channel a copy padded with zeros (which keeps
+ * those lanes at zero state and zero gradient). Bm and Cm come by pairs of states
  * (scan_chunk.bc).
  * States and per-state constants are [N][SCAN_W]: state n of the tile's 16 channels is
  * one vector. */
@@ -32,8 +33,8 @@
 
 typedef struct scan_chunk {
   int L, N;
-  int64_t ps;                 /* row stride of the packed per-step arrays below */
-  const float *u, *delta, *z; /* [L][ps]; z NULL: no gate */
+  const float *u, *delta, *z; /* rows us, ds, zs floats apart; z NULL: no gate */
+  int64_t us, ds, zs;
   /* Bm[t,n] and Cm[t,n], pair p = n / 2 at bc + (p * SN_SCAN_CHUNK + t) * 4 as B[2p], B[2p+1],
    * C[2p], C[2p+1] (zeros past N): a register block's share of them fills a few lines, where
    * rows of N would take a line per step of each (and L1 is full). */
@@ -43,12 +44,17 @@ typedef struct scan_chunk {
   bool softplus;
   /* In: the state entering the chunk. fwd leaves the state after it; bwd clobbers it. */
   float *h;
-  float *out; /* fwd: [L][ps] */
+  float *out; /* fwd; rows os floats apart, as bwd's du, ddelta, dz */
+  int64_t os;
+  /* Outputs by streaming stores (every output row 64-byte aligned): the caller's tensors are
+   * not read again here, and a plain store reads each line in before overwriting it. */
+  bool stream;
   /* bwd only. g (in) is dL/d(state after the chunk) from the steps after it (dfinal for
    * the last chunk); g (out) is dL/d(state entering the chunk). */
-  const float *dout; /* [L][ps] */
+  const float *dout; /* rows dos floats apart */
+  int64_t dos;
   float *g;
-  float *du, *ddelta, *dz; /* [L][ps], overwritten (dz only with z) */
+  float *du, *ddelta, *dz; /* overwritten (dz only with z) */
   float *dA;               /* [N][W] += sum_t dt g exp(dt A) h[t-1] */
   float *dDskip, *dbias;   /* [W] += sum_t dy u, sum_t ddelta */
   /* SCAN_ACC_FLOATS(N), zero before a chunk's first tile (take_sums leaves it so): the terms
@@ -74,9 +80,6 @@ typedef struct sn_scan_ops {
   /* dB[t][n], dC[t][n] (rows ld floats apart, t < L, n < N) from acc, which is zeroed
    * again. Always in the same order. */
   void (*take_sums)(float *dB, float *dC, int64_t ld, float *acc, int L, int N);
-  /* dst[t * rs + j] = src[t * ss + j] for t < L, j < n. The caller's outputs, not read again
-   * here: with AVX-512 by streaming stores, which skip reading the lines in first. */
-  void (*unpack)(float *dst, int64_t rs, const float *src, int64_t ss, int L, int n);
   /* A tile's states between the [N][SCAN_W] of the loops and a (channel, N) layout:
    * h[n][l] = src[l * sd + n] for l < dn (zeros past dn); dst[l * N + n] = h[n][l]. */
   void (*load_state)(float *h, const float *src, int64_t sd, int N, int dn);

@@ -177,25 +177,57 @@ static bufs bufs_of(const scan_chunk *c) {
                 w + 8 * s + BWD_NB * s};
 }
 
-/* Where the walk over c's prefetch list is: array i, row r, float j; a line is due each time
- * the credit, raised by the lines per call, reaches the calls. */
+/* An output row: with AVX-512 and c->stream by a streaming store, which writes the line
+ * without reading it in first; put_done orders those stores before the caller goes on
+ * (they are weakly ordered). */
+INLINE void put(const scan_chunk *c, float *p, vf v) {
+#ifdef __AVX512F__
+  if (c->stream) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#endif
+  st(p, v);
+}
+
+static void put_done(const scan_chunk *c) {
+#ifdef __AVX512F__
+  if (c->stream) _mm_sfence();
+#endif
+}
+
+/* Where the walk over c's prefetch list is: line p of row r of array i (the row ends at
+ * end). A line is due each time the credit, raised by the lines per call, reaches the
+ * calls: at most one per call, so with more lines than calls the last ones are left to
+ * the loops' own misses. */
 typedef struct {
-  int i, r, j, lines, calls, credit;
+  const float *p, *end;
+  int i, r, lines, calls, credit;
 } pf_pos;
+
+/* Points q at row r of array i, or stops the walk past the last. */
+static void pf_seek(const scan_chunk *c, pf_pos *q) {
+  if (q->r == c->pf_rows) q->r = 0, q->i++;
+  if (q->i >= c->npf) {
+    q->lines = 0;
+    return;
+  }
+  q->p = c->pf[q->i] + q->r * c->pf_rs[q->i];
+  q->end = q->p + c->pf_floats;
+}
 
 /* c's prefetch list over `calls` calls of pf_next. */
 static pf_pos pf_start(const scan_chunk *c, int calls) {
-  return (pf_pos){.lines = c->npf * c->pf_rows * ((c->pf_floats + W - 1) / W), .calls = calls};
+  pf_pos q = {.lines = c->pf_rows * ((c->pf_floats + W - 1) / W) * c->npf, .calls = calls};
+  pf_seek(c, &q);
+  return q;
 }
 
 INLINE void pf_next(const scan_chunk *c, pf_pos *q) {
-  for (q->credit += q->lines; q->credit >= q->calls && q->i < c->npf; q->credit -= q->calls) {
-    __builtin_prefetch(c->pf[q->i] + q->r * c->pf_rs[q->i] + q->j, 0, 2);
-    if ((q->j += W) >= c->pf_floats) {
-      q->j = 0;
-      if (++q->r == c->pf_rows) q->r = 0, q->i++;
-    }
-  }
+  if ((q->credit += q->lines) < q->calls) return;
+  q->credit -= q->calls;
+  __builtin_prefetch(q->p, 0, 2);
+  if ((q->p += W) >= q->end) q->r++, pf_seek(c, q);
 }
 
 /* The register blocks FOR_BLOCKS makes of N states with blocks of nb. */
@@ -277,7 +309,7 @@ INLINE const float *bc_of(const scan_chunk *c, int n0) { return c->bc + n0 / 2 *
 
 /* dt, dt u and y = Dskip u for step t; with dsig, the softplus derivative (when softplus). */
 INLINE void step_in(const scan_chunk *c, const bufs *w, int t, vf *dsig) {
-  vf u = ld(c->u + t * c->ps), dt = ld(c->delta + t * c->ps) + ld(c->bias);
+  vf u = ld(c->u + t * c->us), dt = ld(c->delta + t * c->ds) + ld(c->bias);
   if (c->softplus) vsoftplus(&dt, dsig);
   st(w->dt + t * W, dt);
   st(w->dtu + t * W, dt * u);
@@ -322,12 +354,13 @@ static void scan_fwd(const scan_chunk *c) {
   for (int t = 0; t < c->L; t++) {
     vf y = ld(w.y + t * W);
     if (c->z) {
-      vf z = ld(c->z + t * c->ps), s = z;
+      vf z = ld(c->z + t * c->zs), s = z;
       vsigmoid(&s);
       y *= z * s;
     }
-    st(c->out + t * c->ps, y);
+    put(c, c->out + t * c->os, y);
   }
+  put_done(c);
 }
 
 /* The backward sweep of states n0 .. n0+K-1, t from L-1 down to 0, after block_fwd kept
@@ -372,11 +405,11 @@ INLINE void block_bwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
 static void scan_bwd(const scan_chunk *c) {
   bufs w = bufs_of(c);
   for (int t = 0; t < c->L; t++) {
-    vf dsig = splat(1.0f), dy = ld(c->dout + t * c->ps);
+    vf dsig = splat(1.0f), dy = ld(c->dout + t * c->dos);
     step_in(c, &w, t, &dsig);
     st(w.dsig + t * W, dsig);
     if (c->z) {
-      vf z = ld(c->z + t * c->ps), s = z;
+      vf z = ld(c->z + t * c->zs), s = z;
       vsigmoid(&s);
       st(w.sz + t * W, s);
       dy *= z * s;
@@ -392,18 +425,19 @@ static void scan_bwd(const scan_chunk *c) {
   });
   vf Ds = ld(c->Dskip), dDs = {0}, dbias = {0};
   for (int t = 0; t < c->L; t++) {
-    vf u = ld(c->u + t * c->ps), dy = ld(w.dy + t * W), sgb = ld(w.sgb + t * W);
+    vf u = ld(c->u + t * c->us), dy = ld(w.dy + t * W), sgb = ld(w.sgb + t * W);
     vf dd = (u * sgb + ld(w.sga + t * W)) * ld(w.dsig + t * W);
-    st(c->du + t * c->ps, ld(w.dt + t * W) * sgb + Ds * dy);
-    st(c->ddelta + t * c->ps, dd);
+    put(c, c->du + t * c->os, ld(w.dt + t * W) * sgb + Ds * dy);
+    put(c, c->ddelta + t * c->os, dd);
     dbias += dd;
     dDs += dy * u;
-    if (c->z) {
+    if (c->dz) {
       /* d/dz of y z sigmoid(z) = y s (1 + z (1 - s)) */
-      vf z = ld(c->z + t * c->ps), s = ld(w.sz + t * W);
-      st(c->dz + t * c->ps, ld(c->dout + t * c->ps) * ld(w.y + t * W) * s * (1.0f + z * (1.0f - s)));
+      vf z = ld(c->z + t * c->zs), s = ld(w.sz + t * W);
+      put(c, c->dz + t * c->os, ld(c->dout + t * c->dos) * ld(w.y + t * W) * s * (1.0f + z * (1.0f - s)));
     }
   }
+  put_done(c);
   st(c->dDskip, ld(c->dDskip) + dDs);
   st(c->dbias, ld(c->dbias) + dbias);
 }
@@ -442,22 +476,6 @@ static void take_sums(float *dB, float *dC, int64_t ld, float *acc, int L, int N
 #endif
     }
   }
-}
-
-static void unpack(float *dst, int64_t rs, const float *src, int64_t ss, int L, int n) {
-  for (int t = 0; t < L; t++) {
-    float *d = dst + t * rs;
-    const float *s = src + t * ss;
-    int j = 0;
-#ifdef __AVX512F__
-    if ((uintptr_t)d % 64 == 0)
-      for (; j + W <= n; j += W) _mm512_stream_ps(d + j, (__m512)ld(s + j));
-#endif
-    memcpy(d + j, s + j, (size_t)(n - j) * sizeof(float));
-  }
-#ifdef __AVX512F__
-  _mm_sfence(); /* streaming stores are weakly ordered: done before the caller goes on */
-#endif
 }
 
 #ifdef __AVX512F__
@@ -522,7 +540,6 @@ const sn_scan_ops SCAN_TABLE = {
     .fwd = scan_fwd,
     .bwd = scan_bwd,
     .take_sums = take_sums,
-    .unpack = unpack,
     .load_state = load_state,
     .store_state = store_state,
 };
