@@ -504,7 +504,7 @@ sn_status sn_attention_step(sn_ctx *ctx, sn_tensor *o, sn_tensor *k_cache, sn_te
  *   per-slice sums for dBm and dCm.
  * step (decode): one token. u, delta, z (B,D); Bm, Cm (B,N); state (B,D,N) contiguous,
  *   updated in place (h[t-1] -> h[t]); out (B,D). opts->initial_state is ignored. */
-#define SN_SCAN_CHUNK 64
+#define SN_SCAN_CHUNK 32
 typedef struct sn_scan_opts {
   const sn_tensor *Dskip;         /* (D) or NULL */
   const sn_tensor *z;             /* (B,T,D) (step: (B,D)) or NULL */

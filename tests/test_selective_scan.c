@@ -1,5 +1,5 @@
 /* test_selective_scan.c -- kernels/selective_scan.c against a naive double reference: every
- * option, sizes that do not divide the 16-channel tiles or the 64-step chunks, odd N,
+ * option, sizes that do not divide the 16-channel tiles or the SN_SCAN_CHUNK-step chunks, odd N,
  * strided views, the backward (whose reference is checked by finite differences), the
  * decode step, long sequences, thread-count independence, every SIMD table and bad input. */
 #include <omp.h>
@@ -319,9 +319,10 @@ Test(selective_scan, every_option_matches_reference) {
   restore_level();
 }
 
-/* T of 1 and around the chunk, D of 1 and not a multiple of 8 or 16, N = 16 and odd. */
+/* T of 1 and around the chunk, D of 1 and not a multiple of 8 or 16, N = 16, odd and 2
+ * (register blocks of 4, then of 2 and 1). */
 Test(selective_scan, odd_sizes_match_reference) {
-  const int64_t Ts[] = {1, 63, 64, 65, 130}, Ds[] = {1, 17, 33}, Ns[] = {16, 5};
+  const int64_t CH = SN_SCAN_CHUNK, Ts[] = {1, CH - 1, CH, CH + 1, 2 * CH + 2}, Ds[] = {1, 17, 33}, Ns[] = {16, 7, 2};
   for (int lv = 0, nlv = level_count(); lv < nlv; lv++) {
     use_level(lv);
     for (int ti = 0; ti < 5; ti++)

@@ -29,7 +29,7 @@
 /* Floats of scan_chunk.acc for N states. */
 #define SCAN_ACC_FLOATS(N) (2 * (N) * SN_SCAN_CHUNK * SCAN_W)
 /* Floats of scan_chunk.work that fwd and bwd need, for any N (see bufs_of). */
-#define SCAN_WORK_FLOATS (12 * (SN_SCAN_CHUNK * SCAN_W + SCAN_SKEW))
+#define SCAN_WORK_FLOATS (16 * (SN_SCAN_CHUNK * SCAN_W + SCAN_SKEW))
 
 typedef struct scan_chunk {
   int L, N;

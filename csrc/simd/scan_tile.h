@@ -32,15 +32,17 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 
 /* States per register block: the forward keeps 2 vectors per state in registers (h, A),
  * the backward's sweep 3 (g, A, dA). Its recomputing pass also keeps 2 vectors per state
- * and step for the sweep, [L][BWD_NB] of them in L1 with the per-step vectors: BWD_NB = 2
- * fits (4 spills to L2 and measured slower). Without AVX-512 a vector takes 2 or 4
- * registers and 2 measured fastest (both 1 and 4 were slower). */
+ * and step for the sweep, [L][BWD_NB] of them in L1 with the per-step vectors: with
+ * 32-step chunks BWD_NB = 4 fits, and its sweep loads each step's vectors for four states
+ * (fwd+bwd 12% faster on 2 threads than 64-step chunks with BWD_NB = 2, whose 4 spilled to
+ * L2; 4% faster with AVX2 too). Without AVX-512 a vector takes 2 or 4 registers and FWD_NB = 2 measured fastest
+ * (both 1 and 4 were slower). */
 #ifdef __AVX512F__
 #define FWD_NB 4
 #else
 #define FWD_NB 2
 #endif
-#define BWD_NB 2
+#define BWD_NB 4
 #define NB_MAX 4
 
 /* Macros, not functions: no vector is passed or returned by value, so the ABI of the
@@ -230,11 +232,12 @@ INLINE void pf_next(const scan_chunk *c, pf_pos *q) {
   if ((q->p += W) >= q->end) q->r++, pf_seek(c, q);
 }
 
-/* The register blocks FOR_BLOCKS makes of N states with blocks of nb. */
-static int blocks_of(int N, int nb) { return N / nb + N % nb; }
+/* The register blocks FOR_BLOCKS makes of N states with blocks of nb (nb even). */
+static int blocks_of(int N, int nb) { return N / nb + N % nb / 2 + N % 2; }
 
-/* Every state n0 .. n0+K-1 of N in blocks of K = nb (the last N % nb with K = 1), K a
- * constant in body. */
+/* Every state n0 .. n0+K-1 of N in blocks of K = nb, then of 2, then of 1, K a constant in
+ * body. The blocks of two keep each pair of states (2p, 2p+1) in one block and the last
+ * state, when N is odd, starts a pair: acc_add and BC_AT rely on it. */
 #define FOR_BLOCKS(N, nb, n0, K, body)      \
   do {                                      \
     int n0 = 0;                             \
@@ -242,7 +245,11 @@ static int blocks_of(int N, int nb) { return N / nb + N % nb; }
       const int K = (nb);                   \
       body;                                 \
     }                                       \
-    for (; n0 < (N); n0++) {                \
+    for (; n0 + 2 <= (N); n0 += 2) {        \
+      const int K = 2;                      \
+      body;                                 \
+    }                                       \
+    if (n0 < (N)) {                         \
       const int K = 1;                      \
       body;                                 \
     }                                       \
@@ -274,7 +281,7 @@ static int blocks_of(int N, int nb) { return N / nb + N % nb; }
 /* States per row of scan_chunk.acc: a block's two terms folded to one vector, halving the
  * rows the sweep and its recomputing pass read and write back. */
 #define ACC_STATES 2
-_Static_assert(BWD_NB == ACC_STATES, "acc_add folds the two states of a block");
+
 #else
 /* Without AVX-512 GCC does the 16-lane shuffles through memory: one row per state. */
 #define ACC_STATES 1
@@ -288,14 +295,18 @@ INLINE float *acc_row(const scan_chunk *c, int t, int n) {
 }
 #define ACC_C(c) ((int64_t)SN_SCAN_CHUNK * acc_rows((c)->N) * W)
 
-/* Adds the terms m v[k] of a block's K states to their row(s) of acc from r on. Two
- * states fold to one row as, with ms = m's halves swapped,
+/* Adds the terms m v[k] of a block's K states to their row(s) of acc from r on. Each pair
+ * of states folds to one row as, with ms = m's halves swapped,
  *   [v0 lo, v1 hi] m + [v0 hi, v1 lo] ms = [v0 lo m lo + v0 hi m hi, v1 lo m lo + v1 hi m hi]:
  * three shuffles where the products then a fold would take four and two more adds. */
 INLINE void acc_add(float *r, const vf *v, int K, const vf *m) {
 #if ACC_STATES == 2
-  vf v1 = K > 1 ? v[1] : splat(0.0f);
-  st(r, ld(r) + LO_HI(v[0], v1) * *m + HI_LO(v[0], v1) * SWAP_HALVES(*m));
+  vf ms = SWAP_HALVES(*m);
+#pragma GCC unroll 2
+  for (int p = 0; p < (K + 1) / 2; p++) {
+    vf v0 = v[2 * p], v1 = 2 * p + 1 < K ? v[2 * p + 1] : splat(0.0f);
+    st(r + p * W, ld(r + p * W) + LO_HI(v0, v1) * *m + HI_LO(v0, v1) * ms);
+  }
 #else
 #pragma GCC unroll 4
   for (int k = 0; k < K; k++) st(r + k * W, ld(r + k * W) + v[k] * *m);
