@@ -176,13 +176,33 @@ static const float *tile_in(const float *src, int64_t rs, int L, int dn, float *
   return buf;
 }
 
-/* A partial tile's output rows from buf ([L][W]) to dst (rows rs floats apart). */
-static void tile_out(float *dst, int64_t rs, const float *buf, int L, int dn) {
-  for (int t = 0; t < L; t++) memcpy(dst + t * rs, buf + t * W, (size_t)dn * sizeof(float));
+/* Rows t < L of a tile's result k (see scan_chunk.res), dn channels, to dst (rows rs floats
+ * apart). */
+static void tile_out(float *dst, int64_t rs, const float *res, int k, int L, int dn) {
+  for (int t = 0; t < L; t++) memcpy(dst + t * rs, res + ((int64_t)k * CH + t) * W, (size_t)dn * sizeof(float));
 }
 
-/* Whether rows at p, rs floats apart, can take streaming stores. */
-static bool aligned_rows(const float *p, int64_t rs) { return (uintptr_t)p % 64 == 0 && rs % W == 0; }
+/* After ops->fwd or ops->bwd left n results at c->res for a tile of dn channels: a whole
+ * tile's go out while the next tile computes (and c->res turns to the other of `two`), a
+ * partial tile's now. done_results sends the last tile's. */
+static void send_results(scan_chunk *c, float *const *dst, int n, int64_t rs, int dn, float *const two[2]) {
+  if (dn < W) {
+    for (int k = 0; k < n; k++) tile_out(dst[k], rs, c->res, k, c->L, dn);
+    c->held_n = 0;
+    return;
+  }
+  c->held = c->res, c->held_n = n, c->held_L = c->L, c->held_rs = rs, c->held_stream = rs % W == 0;
+  for (int k = 0; k < n; k++) {
+    c->held_dst[k] = dst[k];
+    c->held_stream = c->held_stream && (uintptr_t)dst[k] % 64 == 0;
+  }
+  c->res = c->res == two[0] ? two[1] : two[0];
+}
+
+static void done_results(scan_chunk *c) {
+  for (int k = 0; k < c->held_n; k++) tile_out(c->held_dst[k], c->held_rs, c->held, k, c->held_L, W);
+  c->held_n = 0;
+}
 
 /* bc (see scan_chunk) from the L rows of Bm and Cm at bm, cm, rows bs, cs floats apart. */
 static void pack_bc(float *bc, const float *bm, int64_t bs, const float *cm, int64_t cs, int L, int64_t N) {
@@ -213,11 +233,11 @@ static const float *row(view v, int64_t b, int64_t t0, int64_t d0) { return v.p 
 
 /* ---- forward --------------------------------------------------------------------------- */
 
-/* Per thread: each tile's constants and state, then a partial tile's u, delta, z, out
- * (SCAN_SKEW apart, see simd/scan.h), work, Bm and Cm. */
+/* Per thread: each tile's constants and state, then a partial tile's u, delta, z (SCAN_SKEW
+ * apart, see simd/scan.h), two result buffers, work, Bm and Cm. */
 static int64_t fwd_floats(const problem *P) {
-  return SLICE_TILES * (consts_floats(P) + P->N * W) + 4 * (CH * W + SCAN_SKEW) + SCAN_WORK_FLOATS +
-         SCAN_BC_FLOATS(P->N);
+  return SLICE_TILES * (consts_floats(P) + P->N * W) + 3 * (CH * W + SCAN_SKEW) + 2 * (SCAN_RES_FLOATS + SCAN_SKEW) +
+         SCAN_WORK_FLOATS + SCAN_BC_FLOATS(P->N);
 }
 
 static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t b, int64_t s, float *out,
@@ -225,8 +245,9 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
   int64_t D = P->D, N = P->N, per_tile = consts_floats(P) + N * W;
   slice sl = slice_of(P, s);
   int64_t span = CH * W + SCAN_SKEW;
-  float *pu = w + SLICE_TILES * per_tile, *pd = pu + span, *pz = pd + span, *po = pz + span;
-  float *work = po + span, *bc = work + SCAN_WORK_FLOATS;
+  float *pu = w + SLICE_TILES * per_tile, *pd = pu + span, *pz = pd + span;
+  float *res[2] = {pz + span, pz + span + SCAN_RES_FLOATS + SCAN_SKEW};
+  float *work = res[1] + SCAN_RES_FLOATS + SCAN_SKEW, *bc = work + SCAN_WORK_FLOATS;
   for (int i = 0; i < sl.ntl; i++) {
     float *h = w + i * per_tile + consts_floats(P);
     int dn = tile_channels(&sl, i);
@@ -234,7 +255,7 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
     if (P->h0.p) ops->load_state(h, row(P->h0, b, sl.d0 + i * W, 0), P->h0.s1, (int)N, dn);
     else memset(h, 0, (size_t)(N * W) * sizeof(float));
   }
-  scan_chunk c = {.N = (int)N, .bc = bc, .softplus = P->softplus, .work = work};
+  scan_chunk c = {.N = (int)N, .bc = bc, .softplus = P->softplus, .work = work, .res = res[0]};
   for (int64_t ch = 0; ch < P->chunks; ch++) {
     int64_t t0 = ch * CH;
     c.L = (int)min64(CH, P->T - t0);
@@ -252,14 +273,13 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
       c.u = tile_in(row(P->u, b, t0, d0), P->u.s1, c.L, dn, pu, &c.us);
       c.delta = tile_in(row(P->delta, b, t0, d0), P->delta.s1, c.L, dn, pd, &c.ds);
       c.z = P->z.p ? tile_in(row(P->z, b, t0, d0), P->z.s1, c.L, dn, pz, &c.zs) : NULL;
-      float *dst = out + (b * P->T + t0) * D + d0;
-      c.out = dn == W ? dst : po, c.os = dn == W ? D : W;
-      c.stream = dn == W && aligned_rows(dst, D);
       if (chunk_states) ops->store_state(chunk_states + ((b * P->chunks + ch) * D + d0) * N, c.h, (int)N, dn);
       ops->fwd(&c);
-      if (dn < W) tile_out(dst, D, po, c.L, dn);
+      float *dst = out + (b * P->T + t0) * D + d0;
+      send_results(&c, &dst, 1, D, dn, res);
     }
   }
+  done_results(&c);
   if (final_state)
     for (int i = 0; i < sl.ntl; i++)
       ops->store_state(final_state + (b * D + sl.d0 + i * W) * N, w + i * per_tile + consts_floats(P), (int)N,
@@ -303,12 +323,12 @@ typedef struct {
   int64_t slices;
 } bwd_args;
 
-/* Per thread: the slice's constants, one state, a partial tile's u, delta, z, dout, du,
- * ddelta, dz (SCAN_SKEW apart, see simd/scan.h), work, the dBm, dCm sums of a chunk, Bm and
- * Cm. */
+/* Per thread: the slice's constants, one state, a partial tile's u, delta, z, dout
+ * (SCAN_SKEW apart, see simd/scan.h), two result buffers, work, the dBm, dCm sums of a
+ * chunk, Bm and Cm. */
 static int64_t bwd_floats(const problem *P) {
-  return SLICE_TILES * consts_floats(P) + P->N * W + 7 * (CH * W + SCAN_SKEW) + SCAN_WORK_FLOATS +
-         SCAN_ACC_FLOATS(P->N) + SCAN_BC_FLOATS(P->N);
+  return SLICE_TILES * consts_floats(P) + P->N * W + 4 * (CH * W + SCAN_SKEW) + 2 * (SCAN_RES_FLOATS + SCAN_SKEW) +
+         SCAN_WORK_FLOATS + SCAN_ACC_FLOATS(P->N) + SCAN_BC_FLOATS(P->N);
 }
 
 static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
@@ -317,7 +337,8 @@ static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
   slice sl = slice_of(P, s);
   int64_t span = CH * W + SCAN_SKEW;
   float *h = w + SLICE_TILES * consts_floats(P), *pu = h + N * W, *pd = pu + span, *pz = pd + span;
-  float *pdout = pz + span, *pdu = pdout + span, *pdd = pdu + span, *pdz = pdd + span, *work = pdz + span;
+  float *pdout = pz + span, *res[2] = {pdout + span, pdout + span + SCAN_RES_FLOATS + SCAN_SKEW};
+  float *work = res[1] + SCAN_RES_FLOATS + SCAN_SKEW;
   float *acc = work + SCAN_WORK_FLOATS, *bc = acc + SCAN_ACC_FLOATS(N);
   memset(acc, 0, (size_t)SCAN_ACC_FLOATS(N) * sizeof(float));
   for (int i = 0; i < sl.ntl; i++) {
@@ -330,7 +351,8 @@ static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
     memset(a->dDskip + bt * W, 0, W * sizeof(float));
     memset(a->dbias + bt * W, 0, W * sizeof(float));
   }
-  scan_chunk c = {.N = (int)N, .bc = bc, .softplus = P->softplus, .h = h, .acc = acc, .work = work};
+  scan_chunk c = {.N = (int)N, .bc = bc, .softplus = P->softplus, .h = h, .acc = acc, .work = work, .res = res[0],
+                  .dz = a->dz != NULL};
   for (int64_t ch = P->chunks - 1; ch >= 0; ch--) {
     int64_t t0 = ch * CH;
     c.L = (int)min64(CH, T - t0);
@@ -350,25 +372,18 @@ static void bwd_task(const bwd_args *a, float *w, int64_t b, int64_t s) {
       c.delta = tile_in(row(P->delta, b, t0, d0), P->delta.s1, c.L, dn, pd, &c.ds);
       c.z = P->z.p ? tile_in(row(P->z, b, t0, d0), P->z.s1, c.L, dn, pz, &c.zs) : NULL;
       c.dout = tile_in(row(a->dout, b, t0, d0), a->dout.s1, c.L, dn, pdout, &c.dos);
-      bool whole = dn == W;
-      c.du = whole ? a->du + o : pdu, c.ddelta = whole ? a->ddelta + o : pdd;
-      c.dz = !a->dz ? NULL : whole ? a->dz + o : pdz;
-      c.os = whole ? D : W;
-      c.stream = whole && aligned_rows(c.du, D) && aligned_rows(c.ddelta, D) && (!c.dz || aligned_rows(c.dz, D));
       const float *states = a->chunk_states + ((b * P->chunks + ch) * D + d0) * N;
       a->ops->load_state(h, states, N, (int)N, dn);
       if (ch > 0) /* the tile's states entering the chunk swept next, which load_state would wait on */
         for (int64_t j = 0; j < dn * N; j += W) __builtin_prefetch(states - D * N + j);
       a->ops->bwd(&c);
-      if (!whole) {
-        tile_out(a->du + o, D, pdu, c.L, dn);
-        tile_out(a->ddelta + o, D, pdd, c.L, dn);
-        if (c.dz) tile_out(a->dz + o, D, pdz, c.L, dn);
-      }
+      float *dst[] = {a->du + o, a->ddelta + o, a->dz ? a->dz + o : NULL};
+      send_results(&c, dst, a->dz ? 3 : 2, D, dn, res);
     }
     int64_t part = ((b * a->slices + s) * T + t0) * N;
     a->ops->take_sums(a->dB + part, a->dC + part, N, acc, c.L, (int)N);
   }
+  done_results(&c);
 }
 
 sn_status sn_selective_scan_bwd(sn_ctx *ctx, sn_tensor *du, sn_tensor *ddelta, sn_tensor *dA, sn_tensor *dBm,
@@ -494,10 +509,10 @@ sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, 
     float *h = mine + consts_floats(&P), *pu = h + N * W, *pd = pu + CH * W, *pz = pd + CH * W, *o = pz + CH * W;
     load_consts(&P, k, d0, dn);
     ops->load_state(h, ps + (b * D + d0) * N, N, (int)N, dn);
-    float *bc = o + CH * W + SCAN_WORK_FLOATS;
+    float *bc = o + SCAN_RES_FLOATS + SCAN_WORK_FLOATS;
     pack_bc(bc, P.Bm.p + b * P.Bm.s0, 0, P.Cm.p + b * P.Cm.s0, 0, 1, N);
     scan_chunk c = {.L = 1, .N = (int)N, .bc = bc, .A = k.A, .A2 = k.A2, .Dskip = k.Dskip, .bias = k.bias,
-                    .softplus = P.softplus, .h = h, .out = o, .os = W, .work = o + CH * W};
+                    .softplus = P.softplus, .h = h, .res = o, .work = o + SCAN_RES_FLOATS};
     c.u = tile_in(P.u.p + b * P.u.s0 + d0, 0, 1, dn, pu, &c.us);
     c.delta = tile_in(P.delta.p + b * P.delta.s0 + d0, 0, 1, dn, pd, &c.ds);
     c.z = P.z.p ? tile_in(P.z.p + b * P.z.s0 + d0, 0, 1, dn, pz, &c.zs) : NULL;

@@ -26,6 +26,9 @@
 #define SCAN_PF 4
 /* Floats of scan_chunk.bc for N states. */
 #define SCAN_BC_FLOATS(N) (((N) + 1) / 2 * 4 * SN_SCAN_CHUNK)
+/* Results per step of a tile (bwd's du, ddelta, dz) and floats of scan_chunk.res. */
+#define SCAN_RES 3
+#define SCAN_RES_FLOATS (SCAN_RES * SN_SCAN_CHUNK * SCAN_W)
 /* Floats of scan_chunk.acc for N states. */
 #define SCAN_ACC_FLOATS(N) (2 * (N) * SN_SCAN_CHUNK * SCAN_W)
 /* Floats of scan_chunk.work that fwd and bwd need, for any N (see bufs_of). */
@@ -44,17 +47,26 @@ typedef struct scan_chunk {
   bool softplus;
   /* In: the state entering the chunk. fwd leaves the state after it; bwd clobbers it. */
   float *h;
-  float *out; /* fwd; rows os floats apart, as bwd's du, ddelta, dz */
-  int64_t os;
-  /* Outputs by streaming stores (every output row 64-byte aligned): the caller's tensors are
-   * not read again here, and a plain store reads each line in before overwriting it. */
-  bool stream;
+  /* The chunk's results, fwd's out, bwd's du, ddelta and (when dz) dz, row t of result k at
+   * res + (k * SN_SCAN_CHUNK + t) * SCAN_W; the caller sends them on. */
+  float *res;
+  /* The previous tile's results (laid out as res), going out while this tile computes, a
+   * line at a time between its steps: rows t < held_L of held_n results to held_dst[k] +
+   * t * held_rs, by streaming stores when held_stream (every row 64-byte aligned). Sent
+   * in one burst as a tile finished, they held the write-combining buffers that the
+   * prefetches of the next rows then waited for. All are out, and ordered, when fwd or bwd
+   * returns. */
+  const float *held;
+  float *held_dst[SCAN_RES];
+  int64_t held_rs;
+  int held_n, held_L;
+  bool held_stream;
   /* bwd only. g (in) is dL/d(state after the chunk) from the steps after it (dfinal for
    * the last chunk); g (out) is dL/d(state entering the chunk). */
   const float *dout; /* rows dos floats apart */
   int64_t dos;
   float *g;
-  float *du, *ddelta, *dz; /* overwritten (dz only with z) */
+  bool dz; /* dz wanted (needs z) */
   float *dA;               /* [N][W] += sum_t dt g exp(dt A) h[t-1] */
   float *dDskip, *dbias;   /* [W] += sum_t dy u, sum_t ddelta */
   /* SCAN_ACC_FLOATS(N), zero before a chunk's first tile (take_sums leaves it so): the terms
@@ -73,7 +85,7 @@ typedef struct scan_chunk {
 
 typedef struct sn_scan_ops {
   const char *name;
-  /* out[t] = (sum_n Cm[t,n] h[t,n] + Dskip u[t]) silu(z[t]) for the chunk's steps. */
+  /* out[t] = (sum_n Cm[t,n] h[t,n] + Dskip u[t]) silu(z[t]) for the chunk's steps (to res). */
   void (*fwd)(const scan_chunk *c);
   /* Recomputes the chunk's states from c->h, then sweeps back in time (see scan_chunk). */
   void (*bwd)(const scan_chunk *c);

@@ -179,22 +179,38 @@ static bufs bufs_of(const scan_chunk *c) {
                 w + 8 * s + BWD_NB * s};
 }
 
-/* An output row: with AVX-512 and c->stream by a streaming store, which writes the line
- * without reading it in first; put_done orders those stores before the caller goes on
- * (they are weakly ordered). */
-INLINE void put(const scan_chunk *c, float *p, vf v) {
-#ifdef __AVX512F__
-  if (c->stream) {
-    _mm512_stream_ps(p, (__m512)v);
-    return;
-  }
-#endif
-  st(p, v);
+/* Where the sending of c->held is: result k, row t; a line is due as with pf_pos. */
+typedef struct {
+  int k, t, lines, calls, credit;
+} wb_pos;
+
+static wb_pos wb_start(const scan_chunk *c, int calls) {
+  return (wb_pos){.lines = c->held_n * c->held_L, .calls = calls};
 }
 
-static void put_done(const scan_chunk *c) {
+/* Sends held line (q->k, q->t) on. */
+INLINE void wb_line(const scan_chunk *c, wb_pos *q) {
+  vf v = ld(c->held + ((int64_t)q->k * SN_SCAN_CHUNK + q->t) * W);
+  float *p = c->held_dst[q->k] + q->t * c->held_rs;
 #ifdef __AVX512F__
-  if (c->stream) _mm_sfence();
+  if (c->held_stream) _mm512_stream_ps(p, (__m512)v);
+  else
+#endif
+    st(p, v);
+  if (++q->t == c->held_L) q->t = 0, q->k++;
+}
+
+INLINE void wb_next(const scan_chunk *c, wb_pos *q) {
+  if ((q->credit += q->lines) < q->calls) return;
+  q->credit -= q->calls;
+  if (q->k < c->held_n) wb_line(c, q);
+}
+
+/* The held lines not sent yet, then a fence: streaming stores are weakly ordered. */
+static void wb_finish(const scan_chunk *c, wb_pos *q) {
+  while (q->k < c->held_n) wb_line(c, q);
+#ifdef __AVX512F__
+  if (c->held_stream && c->held_n) _mm_sfence();
 #endif
 }
 
@@ -330,7 +346,7 @@ INLINE void step_in(const scan_chunk *c, const bufs *w, int t, vf *dsig) {
 /* States n0 .. n0+K-1 through the chunk from c->h, adding C h into y; c->h becomes the
  * state after the chunk. With keep (the backward's pass, K <= BWD_NB), each step's decay a
  * and a h[t-1] go to w->a, w->ah for block_bwd, and the dCm terms dy h[t] to c->acc. */
-INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int K, bool keep) {
+INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, wb_pos *o, int n0, int K, bool keep) {
   vf h[NB_MAX], a2[NB_MAX];
   const float *bc = bc_of(c, n0);
 #pragma GCC unroll 4
@@ -338,6 +354,7 @@ INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
   for (int t = 0; t < c->L; t++) {
     vf dt = ld(w->dt + t * W), dtu = ld(w->dtu + t * W), y = ld(w->y + t * W);
     pf_next(c, q);
+    wb_next(c, o);
 #pragma GCC unroll 4
     for (int k = 0; k < K; k++) {
       vf a = dt * a2[k];
@@ -360,8 +377,11 @@ INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
 static void scan_fwd(const scan_chunk *c) {
   bufs w = bufs_of(c);
   for (int t = 0; t < c->L; t++) step_in(c, &w, t, NULL);
-  pf_pos q = pf_start(c, c->L * blocks_of(c->N, FWD_NB));
-  FOR_BLOCKS(c->N, FWD_NB, n0, K, block_fwd(c, &w, &q, n0, K, false));
+  int calls = c->L * blocks_of(c->N, FWD_NB);
+  pf_pos q = pf_start(c, calls);
+  wb_pos o = wb_start(c, calls);
+  FOR_BLOCKS(c->N, FWD_NB, n0, K, block_fwd(c, &w, &q, &o, n0, K, false));
+  wb_finish(c, &o);
   for (int t = 0; t < c->L; t++) {
     vf y = ld(w.y + t * W);
     if (c->z) {
@@ -369,9 +389,8 @@ static void scan_fwd(const scan_chunk *c) {
       vsigmoid(&s);
       y *= z * s;
     }
-    put(c, c->out + t * c->os, y);
+    st(c->res + t * W, y);
   }
-  put_done(c);
 }
 
 /* The backward sweep of states n0 .. n0+K-1, t from L-1 down to 0, after block_fwd kept
@@ -429,26 +448,28 @@ static void scan_bwd(const scan_chunk *c) {
     st(w.sgb + t * W, splat(0.0f));
     st(w.sga + t * W, splat(0.0f));
   }
+  /* The held results go out during the recomputing passes: the sweep's loop is the tighter. */
   pf_pos q = pf_start(c, 2 * c->L * blocks_of(c->N, BWD_NB));
+  wb_pos o = wb_start(c, c->L * blocks_of(c->N, BWD_NB));
   FOR_BLOCKS(c->N, BWD_NB, n0, K, {
-    block_fwd(c, &w, &q, n0, K, true);
+    block_fwd(c, &w, &q, &o, n0, K, true);
     block_bwd(c, &w, &q, n0, K);
   });
+  wb_finish(c, &o);
   vf Ds = ld(c->Dskip), dDs = {0}, dbias = {0};
   for (int t = 0; t < c->L; t++) {
     vf u = ld(c->u + t * c->us), dy = ld(w.dy + t * W), sgb = ld(w.sgb + t * W);
     vf dd = (u * sgb + ld(w.sga + t * W)) * ld(w.dsig + t * W);
-    put(c, c->du + t * c->os, ld(w.dt + t * W) * sgb + Ds * dy);
-    put(c, c->ddelta + t * c->os, dd);
+    st(c->res + t * W, ld(w.dt + t * W) * sgb + Ds * dy);
+    st(c->res + (SN_SCAN_CHUNK + t) * W, dd);
     dbias += dd;
     dDs += dy * u;
     if (c->dz) {
       /* d/dz of y z sigmoid(z) = y s (1 + z (1 - s)) */
       vf z = ld(c->z + t * c->zs), s = ld(w.sz + t * W);
-      put(c, c->dz + t * c->os, ld(c->dout + t * c->dos) * ld(w.y + t * W) * s * (1.0f + z * (1.0f - s)));
+      st(c->res + (2 * SN_SCAN_CHUNK + t) * W, ld(c->dout + t * c->dos) * ld(w.y + t * W) * s * (1.0f + z * (1.0f - s)));
     }
   }
-  put_done(c);
   st(c->dDskip, ld(c->dDskip) + dDs);
   st(c->dbias, ld(c->dbias) + dbias);
 }
