@@ -22,6 +22,7 @@
  *   2 B ceil(D / 256) T N floats of the workspace.
  * step: one fwd chunk of one step per (sequence, tile), the state read and written in
  *   place. */
+#include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
@@ -206,12 +207,14 @@ static void done_results(scan_chunk *c) {
 
 /* bc (see scan_chunk) from the L rows of Bm and Cm at bm, cm, rows bs, cs floats apart. */
 static void pack_bc(float *bc, const float *bm, int64_t bs, const float *cm, int64_t cs, int L, int64_t N) {
-  for (int t = 0; t < L; t++)
-    for (int64_t n = 0; n < N + N % 2; n++) {
-      float *p = bc + (n / 2 * CH + t) * 4 + n % 2;
-      p[0] = n < N ? bm[t * bs + n] : 0;
-      p[2] = n < N ? cm[t * cs + n] : 0;
+  for (int64_t p = 0; p < (N + 1) / 2; p++) {
+    bool pair = 2 * p + 1 < N;
+    for (int t = 0; t < L; t++) {
+      float *d = bc + (p * CH + t) * 4;
+      const float *b = bm + t * bs + 2 * p, *c = cm + t * cs + 2 * p;
+      d[0] = b[0], d[1] = pair ? b[1] : 0, d[2] = c[0], d[3] = pair ? c[1] : 0;
     }
+  }
 }
 
 /* c's prefetch list: tile i's share (of parts) of the L rows, n floats each, of the arrays
@@ -273,17 +276,19 @@ static void fwd_task(const problem *P, const sn_scan_ops *ops, float *w, int64_t
       c.u = tile_in(row(P->u, b, t0, d0), P->u.s1, c.L, dn, pu, &c.us);
       c.delta = tile_in(row(P->delta, b, t0, d0), P->delta.s1, c.L, dn, pd, &c.ds);
       c.z = P->z.p ? tile_in(row(P->z, b, t0, d0), P->z.s1, c.L, dn, pz, &c.zs) : NULL;
-      if (chunk_states) ops->store_state(chunk_states + ((b * P->chunks + ch) * D + d0) * N, c.h, (int)N, dn);
+      if (chunk_states) /* read only by the backward, from memory: streamed */
+        ops->store_state(chunk_states + ((b * P->chunks + ch) * D + d0) * N, c.h, (int)N, dn, true);
       ops->fwd(&c);
       float *dst = out + (b * P->T + t0) * D + d0;
       send_results(&c, &dst, 1, D, dn, res);
     }
   }
   done_results(&c);
+  _mm_sfence(); /* the streamed chunk states, before another thread reads them */
   if (final_state)
     for (int i = 0; i < sl.ntl; i++)
       ops->store_state(final_state + (b * D + sl.d0 + i * W) * N, w + i * per_tile + consts_floats(P), (int)N,
-                       tile_channels(&sl, i));
+                       tile_channels(&sl, i), false);
 }
 
 sn_status sn_selective_scan_fwd(sn_ctx *ctx, sn_tensor *out, sn_tensor *final_state, sn_tensor *chunk_states,
@@ -517,7 +522,7 @@ sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, 
     c.delta = tile_in(P.delta.p + b * P.delta.s0 + d0, 0, 1, dn, pd, &c.ds);
     c.z = P.z.p ? tile_in(P.z.p + b * P.z.s0 + d0, 0, 1, dn, pz, &c.zs) : NULL;
     ops->fwd(&c);
-    ops->store_state(ps + (b * D + d0) * N, h, (int)N, dn);
+    ops->store_state(ps + (b * D + d0) * N, h, (int)N, dn, false);
     memcpy(po + b * D + d0, o, (size_t)dn * sizeof(float));
   }
   return SN_OK;

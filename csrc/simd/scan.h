@@ -93,9 +93,11 @@ typedef struct sn_scan_ops {
    * again. Always in the same order. */
   void (*take_sums)(float *dB, float *dC, int64_t ld, float *acc, int L, int N);
   /* A tile's states between the [N][SCAN_W] of the loops and a (channel, N) layout:
-   * h[n][l] = src[l * sd + n] for l < dn (zeros past dn); dst[l * N + n] = h[n][l]. */
+   * h[n][l] = src[l * sd + n] for l < dn (zeros past dn); dst[l * N + n] = h[n][l], with
+   * stream by streaming stores where the rows allow (the caller orders them with a fence
+   * before they are read). */
   void (*load_state)(float *h, const float *src, int64_t sd, int N, int dn);
-  void (*store_state)(float *dst, const float *h, int N, int dn);
+  void (*store_state)(float *dst, const float *h, int N, int dn, bool stream);
 } sn_scan_ops;
 
 extern const sn_scan_ops sn_scan_scalar, sn_scan_avx2, sn_scan_avx512;

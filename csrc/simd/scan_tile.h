@@ -551,16 +551,20 @@ static void load_state(float *h, const float *src, int64_t sd, int N, int dn) {
     for (int l = 0; l < W; l++) h[n * W + l] = l < dn ? src[l * sd + n] : 0;
 }
 
-static void store_state(float *dst, const float *h, int N, int dn) {
+static void store_state(float *dst, const float *h, int N, int dn, bool stream) {
   int n = 0;
 #ifdef __AVX512F__
+  stream = stream && N % W == 0 && (uintptr_t)dst % 64 == 0;
   for (; dn == W && n + W <= N; n += W) {
     vf r[W];
 #pragma GCC unroll 16
     for (int i = 0; i < W; i++) r[i] = ld(h + (n + i) * W);
     transpose16(r);
 #pragma GCC unroll 16
-    for (int l = 0; l < W; l++) st(dst + l * N + n, r[l]);
+    for (int l = 0; l < W; l++) {
+      if (stream) _mm512_stream_ps(dst + l * N + n, (__m512)r[l]);
+      else st(dst + l * N + n, r[l]);
+    }
   }
 #endif
   for (; n < N; n++)
