@@ -35,8 +35,8 @@ typedef uint32_t vu __attribute__((vector_size(64)));
  * and step for the sweep, [L][BWD_NB] of them in L1 with the per-step vectors: with
  * 32-step chunks BWD_NB = 4 fits, and its sweep loads each step's vectors for four states
  * (fwd+bwd 12% faster on 2 threads than 64-step chunks with BWD_NB = 2, whose 4 spilled to
- * L2; 4% faster with AVX2 too). Without AVX-512 a vector takes 2 or 4 registers and FWD_NB = 2 measured fastest
- * (both 1 and 4 were slower). */
+ * L2; 4% faster with AVX2 too). Without AVX-512 a vector takes 2 or 4 registers and
+ * FWD_NB = 2 measured fastest (both 1 and 4 were slower). */
 #ifdef __AVX512F__
 #define FWD_NB 4
 #else
@@ -163,8 +163,8 @@ INLINE void vsoftplus(vf *xp, vf *sig) {
 /* The per-step vectors of a chunk in work: dt, dt u, y (the running sum_n C h + Dskip u),
  * then for bwd dy, sigmoid(pre) (the softplus derivative), sigmoid(z), sum_n g Bm,
  * sum_n g A exp(dt A) h[t-1]: [L][W] each; and a register block's decays a and a h[t-1],
- * [L][BWD_NB][W] each. What the backward's blocks touch fills L1: another array there
- * measured 25% slower. */
+ * [L][BWD_NB][W] each. What the backward's blocks touch stays in L1 (with 64-step chunks,
+ * where it filled L1, another array there measured 25% slower). */
 typedef struct {
   float *dt, *dtu, *y, *dy, *dsig, *sz, *sgb, *sga, *a, *ah;
 } bufs;
@@ -179,13 +179,27 @@ static bufs bufs_of(const scan_chunk *c) {
                 w + 8 * s + BWD_NB * s};
 }
 
-/* Where the sending of c->held is: result k, row t; a line is due as with pf_pos. */
+/* Evenly spread events: `lines` of them over `calls` calls of due, at most one per call (a
+ * burst of prefetches or streaming stores would hold the line fill buffers the loops' own
+ * misses need). */
 typedef struct {
-  int k, t, lines, calls, credit;
+  int lines, calls, credit;
+} pace;
+
+INLINE bool due(pace *p) {
+  if ((p->credit += p->lines) < p->calls) return false;
+  p->credit -= p->calls;
+  return true;
+}
+
+/* Where the sending of c->held is: result k, row t. */
+typedef struct {
+  pace pc;
+  int k, t;
 } wb_pos;
 
 static wb_pos wb_start(const scan_chunk *c, int calls) {
-  return (wb_pos){.lines = c->held_n * c->held_L, .calls = calls};
+  return (wb_pos){.pc = {.lines = c->held_n * c->held_L, .calls = calls}};
 }
 
 /* Sends held line (q->k, q->t) on. */
@@ -201,9 +215,7 @@ INLINE void wb_line(const scan_chunk *c, wb_pos *q) {
 }
 
 INLINE void wb_next(const scan_chunk *c, wb_pos *q) {
-  if ((q->credit += q->lines) < q->calls) return;
-  q->credit -= q->calls;
-  if (q->k < c->held_n) wb_line(c, q);
+  if (due(&q->pc) && q->k < c->held_n) wb_line(c, q);
 }
 
 /* The held lines not sent yet, then a fence: streaming stores are weakly ordered. */
@@ -215,19 +227,18 @@ static void wb_finish(const scan_chunk *c, wb_pos *q) {
 }
 
 /* Where the walk over c's prefetch list is: line p of row r of array i (the row ends at
- * end). A line is due each time the credit, raised by the lines per call, reaches the
- * calls: at most one per call, so with more lines than calls the last ones are left to
- * the loops' own misses. */
+ * end). With more lines than calls the last ones are left to the loops' own misses. */
 typedef struct {
+  pace pc;
   const float *p, *end;
-  int i, r, lines, calls, credit;
+  int i, r;
 } pf_pos;
 
 /* Points q at row r of array i, or stops the walk past the last. */
 static void pf_seek(const scan_chunk *c, pf_pos *q) {
   if (q->r == c->pf_rows) q->r = 0, q->i++;
   if (q->i >= c->npf) {
-    q->lines = 0;
+    q->pc.lines = 0;
     return;
   }
   q->p = c->pf[q->i] + q->r * c->pf_rs[q->i];
@@ -236,14 +247,13 @@ static void pf_seek(const scan_chunk *c, pf_pos *q) {
 
 /* c's prefetch list over `calls` calls of pf_next. */
 static pf_pos pf_start(const scan_chunk *c, int calls) {
-  pf_pos q = {.lines = c->pf_rows * ((c->pf_floats + W - 1) / W) * c->npf, .calls = calls};
+  pf_pos q = {.pc = {.lines = c->pf_rows * ((c->pf_floats + W - 1) / W) * c->npf, .calls = calls}};
   pf_seek(c, &q);
   return q;
 }
 
 INLINE void pf_next(const scan_chunk *c, pf_pos *q) {
-  if ((q->credit += q->lines) < q->calls) return;
-  q->credit -= q->calls;
+  if (!due(&q->pc)) return;
   __builtin_prefetch(q->p, 0, 2);
   if ((q->p += W) >= q->end) q->r++, pf_seek(c, q);
 }
@@ -294,10 +304,9 @@ static int blocks_of(int N, int nb) { return N / nb + N % nb / 2 + N % 2; }
 #define SWAP_HALVES(a) SHUFFLE(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
 #define LO_HI(a, b) SHUFFLE(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 24, 25, 26, 27, 28, 29, 30, 31)
 #define HI_LO(a, b) SHUFFLE(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)
-/* States per row of scan_chunk.acc: a block's two terms folded to one vector, halving the
+/* States per row of scan_chunk.acc: a pair's two terms folded to one vector, halving the
  * rows the sweep and its recomputing pass read and write back. */
 #define ACC_STATES 2
-
 #else
 /* Without AVX-512 GCC does the 16-lane shuffles through memory: one row per state. */
 #define ACC_STATES 1
