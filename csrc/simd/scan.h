@@ -29,8 +29,9 @@
 /* Results per step of a tile (bwd's du, ddelta, dz) and floats of scan_chunk.res. */
 #define SCAN_RES 3
 #define SCAN_RES_FLOATS (SCAN_RES * SN_SCAN_CHUNK * SCAN_W)
-/* Floats of scan_chunk.acc for N states. */
-#define SCAN_ACC_FLOATS(N) (2 * (N) * SN_SCAN_CHUNK * SCAN_W)
+/* Floats of scan_chunk.acc for N states: rows for groups of up to SCAN_ACC_GROUP states. */
+#define SCAN_ACC_GROUP 4
+#define SCAN_ACC_FLOATS(N) (2 * (((N) + SCAN_ACC_GROUP - 1) / SCAN_ACC_GROUP * SCAN_ACC_GROUP) * SN_SCAN_CHUNK * SCAN_W)
 /* Floats of scan_chunk.work that fwd and bwd need, for any N (see bufs_of). */
 #define SCAN_WORK_FLOATS (16 * (SN_SCAN_CHUNK * SCAN_W + SCAN_SKEW))
 

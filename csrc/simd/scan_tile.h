@@ -312,15 +312,20 @@ static int blocks_of(int N, int nb) { return N / nb + N % nb / 2 + N % 2; }
 #define ACC_STATES 1
 #endif
 
-/* The rows of c->acc per step, then the row of the dBm terms of step t holding state n; the
- * dCm terms' rows follow all of those. */
-INLINE int acc_rows(int N) { return (N + ACC_STATES - 1) / ACC_STATES; }
-INLINE float *acc_row(const scan_chunk *c, int t, int n) {
-  return c->acc + ((int64_t)t * acc_rows(c->N) + n / ACC_STATES) * W;
+/* The row of acc with the dBm terms of step t and state n; the dCm terms' rows follow
+ * acc_part(N) floats on. A backward register block's rows of a step are adjacent and its
+ * steps follow each other, so the block walks one run of rows, which the hardware
+ * prefetches from L2; with all states' rows of a step together, a block's rows of two
+ * steps were 512 bytes apart and came in line by line as the loops missed them (the tile
+ * loops' bwd 3-4% slower). */
+#define ACC_GROUP (BWD_NB / ACC_STATES)
+INLINE float *acc_row(float *acc, int t, int n) {
+  return acc + (((int64_t)(n / BWD_NB) * SN_SCAN_CHUNK + t) * ACC_GROUP + n % BWD_NB / ACC_STATES) * W;
 }
-#define ACC_C(c) ((int64_t)SN_SCAN_CHUNK * acc_rows((c)->N) * W)
+INLINE int64_t acc_part(int N) { return (int64_t)(N + BWD_NB - 1) / BWD_NB * SN_SCAN_CHUNK * ACC_GROUP * W; }
+_Static_assert(BWD_NB <= SCAN_ACC_GROUP, "scan_chunk.acc too small");
 
-/* Adds the terms m v[k] of a block's K states to their row(s) of acc from r on. Each pair
+/* Adds the terms m v[k] of a block's K states to their (adjacent) rows of acc from r on. Each pair
  * of states folds to one row as, with ms = m's halves swapped,
  *   [v0 lo, v1 hi] m + [v0 hi, v1 lo] ms = [v0 lo m lo + v0 hi m hi, v1 lo m lo + v1 hi m hi]:
  * three shuffles where the products then a fold would take four and two more adds. */
@@ -375,7 +380,7 @@ INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, wb_pos *o, 
     }
     if (keep) {
       vf dy = ld(w->dy + t * W);
-      acc_add(acc_row(c, t, n0) + ACC_C(c), h, K, &dy);
+      acc_add(acc_row(c->acc + acc_part(c->N), t, n0), h, K, &dy);
     }
     st(w->y + t * W, y);
   }
@@ -430,7 +435,7 @@ INLINE void block_bwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
       dA[k] += dt * gah;
       g[k] = a * gk;
     }
-    acc_add(acc_row(c, t, n0), gks, K, &dtu);
+    acc_add(acc_row(c->acc, t, n0), gks, K, &dtu);
     st(w->sgb + t * W, ld(w->sgb + t * W) + sb);
     st(w->sga + t * W, ld(w->sga + t * W) + sa);
   }
@@ -486,11 +491,9 @@ static void scan_bwd(const scan_chunk *c) {
 /* dB[t][n], dC[t][n] (rows ld floats apart) = the lane sums of acc's rows, for t < L; the
  * rows are zeroed for the next chunk. Always in the same order. */
 static void take_sums(float *dB, float *dC, int64_t ld, float *acc, int L, int N) {
-  int R = acc_rows(N);
   for (int part = 0; part < 2; part++) {
-    float *out = part ? dC : dB, *rows = acc + part * (int64_t)SN_SCAN_CHUNK * R * W;
+    float *out = part ? dC : dB, *rows = acc + part * acc_part(N);
     for (int t = 0; t < L; t++) {
-      float *r = rows + (int64_t)t * R * W;
 #if ACC_STATES == 2
       /* Eight rows hold 16 states' sums over 8 lanes each: three more levels of folding. */
       for (int n0 = 0; n0 < N; n0 += W) {
@@ -498,7 +501,7 @@ static void take_sums(float *dB, float *dC, int64_t ld, float *acc, int L, int N
         vf v[8], b[4], c[2];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
-          float *ri = r + (n0 / 2 + i) * W;
+          float *ri = acc_row(rows, t, n0 + 2 * i);
           v[i] = splat(0.0f);
           if (2 * i < m) v[i] = ld(ri), st(ri, splat(0.0f));
         }
@@ -509,11 +512,11 @@ static void take_sums(float *dB, float *dC, int64_t ld, float *acc, int L, int N
       }
 #else
       for (int n = 0; n < N; n++) {
-        float s = 0;
-        for (int l = 0; l < W; l++) s += r[n * W + l];
+        float *r = acc_row(rows, t, n), s = 0;
+        for (int l = 0; l < W; l++) s += r[l];
         out[t * ld + n] = s;
+        memset(r, 0, W * sizeof(float));
       }
-      memset(r, 0, (size_t)R * W * sizeof(float));
 #endif
     }
   }
