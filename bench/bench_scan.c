@@ -8,7 +8,8 @@
  * our GFLOP/s over cblas_sgemm 1024^3 in the same run. The T = 16384 row gives the per-token
  * time relative to T = 1024 (flat in T is the target) and the process's ru_maxrss. The
  * conv1d rows give GB/s over the bytes read and written once, against a naive loop. Step
- * rows time one decoding token of a whole d_inner = 1536 layer's scan and conv. */
+ * rows time one decoding token of a whole d_inner = 1536 layer's scan and conv. The tile
+ * row times the scan's inner loops alone (see tile_row). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 #include <sys/resource.h>
 
 #include "bench.h"
+#include "simd/scan.h"
+#include "simd/vec.h"
 
 static sn_ctx ctx;
 
@@ -143,6 +146,73 @@ done:
   release_scan(&c);
 }
 
+/* ---- the scan's inner loops alone ------------------------------------------------------ */
+
+typedef struct {
+  const sn_scan_ops *ops;
+  scan_chunk c;
+  float *h, *g;
+  int64_t hn;
+} tile_case;
+
+/* One tile's fwd then bwd through one chunk, from a zero state. */
+static void run_tile(void *p) {
+  tile_case *k = p;
+  memset(k->h, 0, (size_t)k->hn * sizeof(float));
+  k->ops->fwd(&k->c);
+  memset(k->h, 0, (size_t)k->hn * sizeof(float));
+  memset(k->g, 0, (size_t)k->hn * sizeof(float));
+  k->ops->bwd(&k->c);
+}
+
+/* One tile of 16 channels through one 32-step chunk, fwd then bwd (the ISA table the scan
+ * uses), with every array in L1 on one thread: the rate of the inner loops without memory
+ * traffic, threads or task overhead. Scaled to the tile-chunks each thread of the T = 1024
+ * fwd+bwd row runs, it gives the share of that row's time (`whole`) the loops' compute
+ * takes. */
+static void tile_row(double whole) {
+  const char *kernel = "selective_scan tile", *shape = "L32 W16 N16 in L1";
+  const sn_scan_ops *ops = strcmp(sn_vec->name, "avx512") == 0 ? &sn_scan_avx512
+                           : strcmp(sn_vec->name, "avx2") == 0   ? &sn_scan_avx2
+                                                                 : &sn_scan_scalar;
+  int N = N_STATE, L = SN_SCAN_CHUNK;
+  int64_t sizes[] = {L * SCAN_W, L * SCAN_W, L * SCAN_W, L * SCAN_W, SCAN_BC_FLOATS(N), N * SCAN_W, N * SCAN_W,
+                     SCAN_W, SCAN_W, N * SCAN_W, SCAN_RES_FLOATS, N * SCAN_W, N * SCAN_W, SCAN_W, SCAN_W,
+                     SCAN_ACC_FLOATS(N), SCAN_WORK_FLOATS};
+  enum { U, DELTA, Z, DOUT, BC, A, A2, DSKIP, BIAS, H, RES, G, DA, DDSKIP, DBIAS, ACC, WORK, NARR };
+  float *a[NARR];
+  bool ok = true;
+  for (int i = 0; i < NARR; i++) {
+    a[i] = aligned_alloc(64, (size_t)(sizes[i] + 15) / 16 * 64);
+    ok = ok && a[i];
+    if (a[i]) bench_fill(a[i], sizes[i], 100 + i);
+  }
+  if (!ok) {
+    bench_ok(&ctx, SN_ENOMEM, kernel, shape);
+    goto done;
+  }
+  /* The scan's data: A < 0 (A2 = A log2 e), delta around Mamba's dt range, sums zeroed. */
+  for (int i = 0; i < N * SCAN_W; i++) a[A][i] = -(float)(i / SCAN_W + 1), a[A2][i] = a[A][i] * 1.44269504f;
+  for (int i = 0; i < L * SCAN_W; i++) a[DELTA][i] -= 3.0f;
+  memset(a[ACC], 0, (size_t)SCAN_ACC_FLOATS(N) * sizeof(float));
+  tile_case k = {.ops = ops, .h = a[H], .g = a[G], .hn = N * SCAN_W};
+  k.c = (scan_chunk){.L = L, .N = N, .u = a[U], .delta = a[DELTA], .z = a[Z], .us = SCAN_W, .ds = SCAN_W,
+                     .zs = SCAN_W, .bc = a[BC], .A = a[A], .A2 = a[A2], .Dskip = a[DSKIP], .bias = a[BIAS],
+                     .softplus = true, .h = a[H], .res = a[RES], .dout = a[DOUT], .dos = SCAN_W, .g = a[G],
+                     .dz = true, .dA = a[DA], .dDskip = a[DDSKIP], .dbias = a[DBIAS], .acc = a[ACC],
+                     .work = a[WORK]};
+  double t = bench_time(run_tile, &k), updates = (double)L * SCAN_W * N;
+  char ref[160];
+  int threads = sn_get_num_threads();
+  double per_thread = 2.0 * (D_INNER / SCAN_W) * (1024 / SN_SCAN_CHUNK) / threads;
+  int n = snprintf(ref, sizeof ref, "fwd+bwd of one tile-chunk, 1 thread; x %.0f tile-chunks a thread = %.1f ms",
+                   per_thread, t * per_thread * 1e3);
+  if (whole > 0) snprintf(ref + n, sizeof ref - n, ", %.0f%% of B2 T1024 fwd+bwd", 100 * t * per_thread / whole);
+  bench_row(kernel, shape, t, 3 * FLOPS_PER_UPDATE * updates, 0, 0, ref);
+done:
+  for (int i = 0; i < NARR; i++) free(a[i]);
+}
+
 /* ---- causal conv1d -------------------------------------------------------------------- */
 
 typedef struct {
@@ -265,6 +335,7 @@ void bench_scan(void) {
   scan_row(1024, false, false, sgemm, NULL);
   scan_row(1024, true, false, sgemm, &per_token);
   scan_row(16384, true, false, sgemm, &per_token);
+  tile_row(per_token * 1024);
   conv_row(false);
   conv_row(true);
   step_row();
