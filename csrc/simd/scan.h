@@ -1,9 +1,10 @@
 /* simd/scan.h -- internal: the inner loops of kernels/selective_scan.c, one table per
- * instruction set. scan_tile.h holds the code once, written with GCC vector types of 16
- * floats; scan_{scalar,avx2,avx512}.c compile it with their ISA flags, and
+ * instruction set. scan_tile.h holds the code once, written with GCC vector types as wide
+ * as the ISA's registers; scan_{scalar,avx2,avx512}.c compile it with their ISA flags, and
  * selective_scan.c picks the table matching sn_vec (so SEQNN_SIMD lowers both alike).
  *
- * The unit of work is one tile of SCAN_W channels (one vector; lanes are channels) over
+ * The unit of work is one tile of SCAN_W channels (lanes are channels: one AVX-512 vector,
+ * or 2 AVX2 or 4 SSE vectors computed one after the other) over
  * one chunk of L <= SN_SCAN_CHUNK steps. Per-step channel data are rows of SCAN_W floats,
  * row t of each array at its pointer + t * its stride: the caller's tensors themselves for
  * a whole tile, or for a tile past the last channel a copy padded with zeros (which keeps

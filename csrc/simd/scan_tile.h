@@ -1,6 +1,7 @@
 /* simd/scan_tile.h -- the selective scan's inner loops (simd/scan.h), included once by each
  * of scan_{scalar,avx2,avx512}.c with SCAN_TABLE naming the table. Written with GCC vector
- * types of 16 floats: with -mavx512f one is a zmm register, otherwise GCC splits it.
+ * types as wide as the ISA's registers: 16 floats with AVX-512 (a whole tile), 8 with AVX2,
+ * 4 otherwise (see VW).
  * Floating-point contraction is turned on here (C11 mode turns it off) so that a*b + c
  * becomes one FMA where the ISA has it.
  *
@@ -18,30 +19,38 @@
 #include "simd/scan.h"
 #include "simd/vec.h"
 
-#ifdef __AVX512F__
+#ifdef __AVX2__
 #include <immintrin.h>
 #endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned access */
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
+/* A row (a line) holds the W = 16 channels of a tile; a vector holds VW of them, the
+ * widest the ISA has registers for. GCC keeps a vector wider than the ISA's registers in
+ * memory (it has no machine mode for it): written with 16-float vectors throughout, the
+ * AVX2 loops spent their time moving halves through the stack. So without AVX-512 a tile
+ * is computed in W / VW parts of VW channels, each through the whole chunk (see part_of):
+ * with AVX2, fwd+bwd at B2 T1024 D1536 N16 went from 126 to 62 ms. */
+#define W SCAN_W
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX2__)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef float vfu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned access */
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
 #define INLINE static inline __attribute__((always_inline))
-#define W SCAN_W
 
 /* States per register block: the forward keeps 2 vectors per state in registers (h, A),
  * the backward's sweep 3 (g, A, dA). Its recomputing pass also keeps 2 vectors per state
  * and step for the sweep, [L][BWD_NB] of them in L1 with the per-step vectors: with
  * 32-step chunks BWD_NB = 4 fits, and its sweep loads each step's vectors for four states
  * (fwd+bwd 12% faster on 2 threads than 64-step chunks with BWD_NB = 2, whose 4 spilled to
- * L2; 4% faster with AVX2 too). Without AVX-512 a vector takes 2 or 4 registers and
- * FWD_NB = 2 measured fastest (both 1 and 4 were slower). */
-#ifdef __AVX512F__
+ * L2; 4% faster with AVX2 too). FWD_NB = 8 was no faster with AVX-512. */
 #define FWD_NB 4
-#else
-#define FWD_NB 2
-#endif
 #define BWD_NB 4
 #define NB_MAX 4
 
@@ -52,12 +61,10 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 /* a - 0 is a for every float (a + 0 is not, for a = -0), so this folds to a broadcast. */
 #define splat(a) ((a) - (vf){0})
 /* All-ones where the sign bit of v is set: the sign shifted down (logical, so defined for
- * every value) and negated. Shifts exist for 16-lane vectors on every ISA, where a
- * comparison of them is done lane by lane in scalar code without AVX-512. */
+ * every value) and negated. */
 #define sign_mask(v) ((vi)(-((vu)(v) >> 31)))
-/* Lanes where a < b as an all-ones mask, by the sign of a - b. Exact for a, b not NaN
- * (a - b is exact when they are close, and far apart its sign is right anyway). */
-#define lanes_below(a, b) sign_mask((a) - (b))
+/* Lanes where a < b as an all-ones mask (either may be a scalar). */
+#define lanes_below(a, b) ((vi)(splat(a) < splat(b)))
 /* Where `mask`, b, else a. */
 #define vselect(mask, a, b) ((vf)(((vi)(a) & ~(mask)) | ((vi)(b) & (mask))))
 
@@ -73,8 +80,7 @@ static const float EXP2_POLY[] = {0.00189510733f, 0.00895988848f, 0.0558360219f,
 #define LN2 0.693147180559945309
 /* The coefficients of 2^f = e^(f ln2) on |f| <= 1/2: vec.h's polynomial for e^r with ln2
  * folded in (EXP2_POLY[k] multiplies f^(6-k)), so the reduction needs no multiply.
- * Constants, not values computed per call: GCC builds a splat of a variable on the stack
- * when a vector is wider than the ISA's registers. */
+ * Folded at compile time, not per call. */
 #define FOLD_LN2(c6, c5, c4, c3, c2, c1, c0)                                                          \
   (float)(c6 * LN2 * LN2 * LN2 * LN2 * LN2 * LN2), (float)(c5 * LN2 * LN2 * LN2 * LN2 * LN2),        \
       (float)(c4 * LN2 * LN2 * LN2 * LN2), (float)(c3 * LN2 * LN2 * LN2), (float)(c2 * LN2 * LN2), \
@@ -99,9 +105,13 @@ INLINE void vexp2(vf *xp) {
    * field of 0 (giving 0) .. 255 (giving inf). Adding 1.5 * 2^23 + 127 rounds x to an
    * integer whose low mantissa bits are n + 127. A NaN x is set back at the end (the
    * clamps do not keep it). */
-  vi nan = sign_mask(0x7f800000 - ((vi)x & 0x7fffffff));
+  vi nan = (vi)(x != x);
+#ifdef __AVX2__ /* 2 instructions where the selects take 8 */
+  x = (vf)_mm256_min_ps(_mm256_max_ps((__m256)x, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(128.0f));
+#else
   x = vselect(lanes_below(x, -127.0f), x, splat(-127.0f));
   x = vselect(lanes_below(128.0f, x), x, splat(128.0f));
+#endif
   vf r = x + 12583039.0f;
   f = x - (r - 12583039.0f);
 #pragma GCC unroll 7
@@ -204,13 +214,13 @@ static wb_pos wb_start(const scan_chunk *c, int calls) {
 
 /* Sends held line (q->k, q->t) on. */
 INLINE void wb_line(const scan_chunk *c, wb_pos *q) {
-  vf v = ld(c->held + ((int64_t)q->k * SN_SCAN_CHUNK + q->t) * W);
+  const float *v = c->held + ((int64_t)q->k * SN_SCAN_CHUNK + q->t) * W;
   float *p = c->held_dst[q->k] + q->t * c->held_rs;
 #ifdef __AVX512F__
-  if (c->held_stream) _mm512_stream_ps(p, (__m512)v);
+  if (c->held_stream) _mm512_stream_ps(p, _mm512_loadu_ps(v));
   else
 #endif
-    st(p, v);
+    for (int j = 0; j < W; j += VW) st(p + j, ld(v + j));
   if (++q->t == c->held_L) q->t = 0, q->k++;
 }
 
@@ -388,14 +398,21 @@ INLINE void block_fwd(const scan_chunk *c, const bufs *w, pf_pos *q, wb_pos *o, 
   for (int k = 0; k < K; k++) st(c->h + (n0 + k) * W, h[k]);
 }
 
-static void scan_fwd(const scan_chunk *c) {
+/* Channels j .. j+VW-1 of c's tile: every per-channel pointer moved on by j (rows keep
+ * their strides), the scratch too, so that the parts of a tile share nothing per channel.
+ * The prefetch list and the held results are the whole tile's. */
+static scan_chunk part_of(const scan_chunk *c, int j) {
+  scan_chunk p = *c;
+  p.u += j, p.delta += j, p.A += j, p.A2 += j, p.Dskip += j, p.bias += j, p.h += j, p.res += j, p.work += j;
+  if (p.z) p.z += j;
+  if (p.dout) p.dout += j, p.g += j, p.dA += j, p.dDskip += j, p.dbias += j, p.acc += j;
+  return p;
+}
+
+static void fwd_part(const scan_chunk *c, pf_pos *q, wb_pos *o) {
   bufs w = bufs_of(c);
   for (int t = 0; t < c->L; t++) step_in(c, &w, t, NULL);
-  int calls = c->L * blocks_of(c->N, FWD_NB);
-  pf_pos q = pf_start(c, calls);
-  wb_pos o = wb_start(c, calls);
-  FOR_BLOCKS(c->N, FWD_NB, n0, K, block_fwd(c, &w, &q, &o, n0, K, false));
-  wb_finish(c, &o);
+  FOR_BLOCKS(c->N, FWD_NB, n0, K, block_fwd(c, &w, q, o, n0, K, false));
   for (int t = 0; t < c->L; t++) {
     vf y = ld(w.y + t * W);
     if (c->z) {
@@ -405,6 +422,17 @@ static void scan_fwd(const scan_chunk *c) {
     }
     st(c->res + t * W, y);
   }
+}
+
+static void scan_fwd(const scan_chunk *c) {
+  int calls = W / VW * c->L * blocks_of(c->N, FWD_NB);
+  pf_pos q = pf_start(c, calls);
+  wb_pos o = wb_start(c, calls);
+  for (int j = 0; j < W; j += VW) {
+    scan_chunk p = part_of(c, j);
+    fwd_part(&p, &q, &o);
+  }
+  wb_finish(c, &o);
 }
 
 /* The backward sweep of states n0 .. n0+K-1, t from L-1 down to 0, after block_fwd kept
@@ -446,7 +474,7 @@ INLINE void block_bwd(const scan_chunk *c, const bufs *w, pf_pos *q, int n0, int
   }
 }
 
-static void scan_bwd(const scan_chunk *c) {
+static void bwd_part(const scan_chunk *c, pf_pos *q, wb_pos *o) {
   bufs w = bufs_of(c);
   for (int t = 0; t < c->L; t++) {
     vf dsig = splat(1.0f), dy = ld(c->dout + t * c->dos);
@@ -462,14 +490,10 @@ static void scan_bwd(const scan_chunk *c) {
     st(w.sgb + t * W, splat(0.0f));
     st(w.sga + t * W, splat(0.0f));
   }
-  /* The held results go out during the recomputing passes: the sweep's loop is the tighter. */
-  pf_pos q = pf_start(c, 2 * c->L * blocks_of(c->N, BWD_NB));
-  wb_pos o = wb_start(c, c->L * blocks_of(c->N, BWD_NB));
   FOR_BLOCKS(c->N, BWD_NB, n0, K, {
-    block_fwd(c, &w, &q, &o, n0, K, true);
-    block_bwd(c, &w, &q, n0, K);
+    block_fwd(c, &w, q, o, n0, K, true);
+    block_bwd(c, &w, q, n0, K);
   });
-  wb_finish(c, &o);
   vf Ds = ld(c->Dskip), dDs = {0}, dbias = {0};
   for (int t = 0; t < c->L; t++) {
     vf u = ld(c->u + t * c->us), dy = ld(w.dy + t * W), sgb = ld(w.sgb + t * W);
@@ -486,6 +510,18 @@ static void scan_bwd(const scan_chunk *c) {
   }
   st(c->dDskip, ld(c->dDskip) + dDs);
   st(c->dbias, ld(c->dbias) + dbias);
+}
+
+static void scan_bwd(const scan_chunk *c) {
+  /* The held results go out during the recomputing passes: the sweep's loop is the tighter. */
+  int calls = W / VW * c->L * blocks_of(c->N, BWD_NB);
+  pf_pos q = pf_start(c, 2 * calls);
+  wb_pos o = wb_start(c, calls);
+  for (int j = 0; j < W; j += VW) {
+    scan_chunk p = part_of(c, j);
+    bwd_part(&p, &q, &o);
+  }
+  wb_finish(c, &o);
 }
 
 /* dB[t][n], dC[t][n] (rows ld floats apart) = the lane sums of acc's rows, for t < L; the
