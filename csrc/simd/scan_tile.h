@@ -216,8 +216,11 @@ static wb_pos wb_start(const scan_chunk *c, int calls) {
 INLINE void wb_line(const scan_chunk *c, wb_pos *q) {
   const float *v = c->held + ((int64_t)q->k * SN_SCAN_CHUNK + q->t) * W;
   float *p = c->held_dst[q->k] + q->t * c->held_rs;
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
   if (c->held_stream) _mm512_stream_ps(p, _mm512_loadu_ps(v));
+  else
+#elif defined(__AVX2__)
+  if (c->held_stream) _mm256_stream_ps(p, _mm256_loadu_ps(v)), _mm256_stream_ps(p + 8, _mm256_loadu_ps(v + 8));
   else
 #endif
     for (int j = 0; j < W; j += VW) st(p + j, ld(v + j));
@@ -231,7 +234,7 @@ INLINE void wb_next(const scan_chunk *c, wb_pos *q) {
 /* The held lines not sent yet, then a fence: streaming stores are weakly ordered. */
 static void wb_finish(const scan_chunk *c, wb_pos *q) {
   while (q->k < c->held_n) wb_line(c, q);
-#ifdef __AVX512F__
+#ifdef __AVX2__
   if (c->held_stream && c->held_n) _mm_sfence();
 #endif
 }
