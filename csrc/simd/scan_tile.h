@@ -17,32 +17,16 @@
 #include <string.h>
 
 #include "simd/scan.h"
+#include "simd/tile_vec.h"
 #include "simd/vec.h"
 
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
-
-/* A row (a line) holds the W = 16 channels of a tile; a vector holds VW of them, the
- * widest the ISA has registers for. GCC keeps a vector wider than the ISA's registers in
- * memory (it has no machine mode for it): written with 16-float vectors throughout, the
- * AVX2 loops spent their time moving halves through the stack. So without AVX-512 a tile
- * is computed in W / VW parts of VW channels, each through the whole chunk (see part_of):
- * with AVX2, fwd+bwd at B2 T1024 D1536 N16 went from 126 to 62 ms. */
+/* A row (a line) holds the W = 16 channels of a tile; a vector holds VW of them (tile_vec.h).
+ * GCC keeps a vector wider than the ISA's registers in memory (it has no machine mode for
+ * it): written with 16-float vectors throughout, the AVX2 loops spent their time moving
+ * halves through the stack. So without AVX-512 a tile is computed in W / VW parts of VW
+ * channels, each through the whole chunk (see part_of): with AVX2, fwd+bwd at B2 T1024
+ * D1536 N16 went from 126 to 62 ms. */
 #define W SCAN_W
-#if defined(__AVX512F__)
-#define VW 16
-#elif defined(__AVX2__)
-#define VW 8
-#else
-#define VW 4
-#endif
-typedef float vf __attribute__((vector_size(VW * 4)));
-typedef float vfu __attribute__((vector_size(VW * 4), aligned(4))); /* unaligned access */
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
-typedef uint32_t vu __attribute__((vector_size(VW * 4)));
-
-#define INLINE static inline __attribute__((always_inline))
 
 /* States per register block: the forward keeps 2 vectors per state in registers (h, A),
  * the backward's sweep 3 (g, A, dA). Its recomputing pass also keeps 2 vectors per state
@@ -54,12 +38,6 @@ typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 #define BWD_NB 4
 #define NB_MAX 4
 
-/* Macros, not functions: no vector is passed or returned by value, so the ABI of the
- * builds without AVX-512 never matters. */
-#define ld(p) (*(const vfu *)(p))
-#define st(p, v) (*(vfu *)(p) = (v))
-/* a - 0 is a for every float (a + 0 is not, for a = -0), so this folds to a broadcast. */
-#define splat(a) ((a) - (vf){0})
 /* All-ones where the sign bit of v is set: the sign shifted down (logical, so defined for
  * every value) and negated. */
 #define sign_mask(v) ((vi)(-((vu)(v) >> 31)))
@@ -106,28 +84,12 @@ INLINE void vexp2(vf *xp) {
    * integer whose low mantissa bits are n + 127. A NaN x is set back at the end (the
    * clamps do not keep it). */
   vi nan = (vi)(x != x);
-#ifdef __AVX2__ /* 2 instructions where the selects take 8 */
-  x = (vf)_mm256_min_ps(_mm256_max_ps((__m256)x, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(128.0f));
-#else
-  x = vselect(lanes_below(x, -127.0f), x, splat(-127.0f));
-  x = vselect(lanes_below(128.0f, x), x, splat(128.0f));
-#endif
+  x = vclamp(x, -127.0f, 128.0f);
   vf r = x + 12583039.0f;
   f = x - (r - 12583039.0f);
 #pragma GCC unroll 7
   for (int k = 1; k <= EXP2_DEG; k++) p = p * f + EXP2_POLY[k];
   *xp = (vf)((vi)(p * (vf)((vu)r << 23)) | (nan & 0x7fc00000));
-#endif
-}
-
-/* 1 / x for x in [1, 2]: with AVX-512 the 14-bit estimate and one Newton step (a division
- * blocks the divider for 16 cycles per vector). */
-INLINE void vrecip(vf *xp) {
-#ifdef __AVX512F__
-  vf x = *xp, r = (vf)_mm512_rcp14_ps((__m512)x);
-  *xp = r + r * (1.0f - x * r);
-#else
-  *xp = 1.0f / *xp;
 #endif
 }
 
@@ -142,12 +104,6 @@ INLINE void sigmoid_of(vf *sp, const vf *xp, const vf *ep) {
 #else
   *sp = vselect(sign_mask(*xp), r, *ep * r);
 #endif
-}
-
-INLINE void vsigmoid(vf *xp) {
-  vf e = (vf)((vi)*xp & 0x7fffffff) * -LOG2E;
-  vexp2(&e);
-  sigmoid_of(xp, xp, &e);
 }
 
 /* log(1 + e^x) = max(x, 0) + log1p(v), v = e^-|x| in (0, 1], with log1p(v) = v P(v), P a
