@@ -81,15 +81,14 @@ INLINE void vexp2(vf *xp) {
 #else
   /* x = n + f with n = rint(x), |f| <= 1/2. Clamped to [-127, 128], 2^n is an exponent
    * field of 0 (giving 0) .. 255 (giving inf). Adding 1.5 * 2^23 + 127 rounds x to an
-   * integer whose low mantissa bits are n + 127. A NaN x is set back at the end (the
-   * clamps do not keep it). */
-  vi nan = (vi)(x != x);
+   * integer whose low mantissa bits are n + 127. A NaN stays NaN through the clamp and the
+   * polynomial. */
   x = vclamp(x, -127.0f, 128.0f);
   vf r = x + 12583039.0f;
   f = x - (r - 12583039.0f);
 #pragma GCC unroll 7
   for (int k = 1; k <= EXP2_DEG; k++) p = p * f + EXP2_POLY[k];
-  *xp = (vf)((vi)(p * (vf)((vu)r << 23)) | (nan & 0x7fc00000));
+  *xp = p * (vf)((vu)r << 23);
 #endif
 }
 
@@ -294,8 +293,8 @@ INLINE float *acc_row(float *acc, int t, int n) {
 INLINE int64_t acc_part(int N) { return (int64_t)(N + BWD_NB - 1) / BWD_NB * SN_SCAN_CHUNK * ACC_GROUP * W; }
 _Static_assert(BWD_NB <= SCAN_ACC_GROUP, "scan_chunk.acc too small");
 
-/* Adds the terms m v[k] of a block's K states to their (adjacent) rows of acc from r on. Each pair
- * of states folds to one row as, with ms = m's halves swapped,
+/* Adds the terms m v[k] of a block's K states to their (adjacent) rows of acc from r on.
+ * Each pair of states folds to one row as, with ms = m's halves swapped,
  *   [v0 lo, v1 hi] m + [v0 hi, v1 lo] ms = [v0 lo m lo + v0 hi m hi, v1 lo m lo + v1 hi m hi]:
  * three shuffles where the products then a fold would take four and two more adds. */
 INLINE void acc_add(float *r, const vf *v, int K, const vf *m) {
