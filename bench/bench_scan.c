@@ -155,6 +155,30 @@ typedef struct {
   int64_t hn;
 } tile_case;
 
+/* The largest error of the tile's forward (from a zero state) against a scalar loop over
+ * its lanes, relative to 1e-4 + 1e-3 |ref| (the T256 row's tolerance). */
+static double tile_error(tile_case *k) {
+  const scan_chunk *c = &k->c;
+  memset(k->h, 0, (size_t)k->hn * sizeof(float));
+  k->ops->fwd(c);
+  double worst = 0;
+  for (int l = 0; l < SCAN_W; l++) {
+    float h[N_STATE] = {0};
+    for (int t = 0; t < c->L; t++) {
+      float x = c->delta[t * SCAN_W + l] + c->bias[l], dt = x > 20 ? x : log1pf(expf(x));
+      float u = c->u[t * SCAN_W + l], z = c->z[t * SCAN_W + l], y = c->Dskip[l] * u;
+      for (int n = 0; n < c->N; n++) {
+        const float *bc = c->bc + (n / 2 * SN_SCAN_CHUNK + t) * 4 + n % 2; /* see scan_chunk.bc */
+        h[n] = expf(dt * c->A[n * SCAN_W + l]) * h[n] + dt * bc[0] * u;
+        y += bc[2] * h[n];
+      }
+      double ref = y * z / (1 + expf(-z)), e = fabs(c->res[t * SCAN_W + l] - ref) / (1e-4 + 1e-3 * fabs(ref));
+      if (!(e <= worst)) worst = e;
+    }
+  }
+  return worst;
+}
+
 /* One tile's fwd then bwd through one chunk, from a zero state. */
 static void run_tile(void *p) {
   tile_case *k = p;
@@ -201,8 +225,14 @@ static void tile_row(double whole) {
                      .softplus = true, .h = a[H], .res = a[RES], .dout = a[DOUT], .dos = SCAN_W, .g = a[G],
                      .dz = true, .dA = a[DA], .dDskip = a[DDSKIP], .dbias = a[DBIAS], .acc = a[ACC],
                      .work = a[WORK]};
-  double t = bench_time(run_tile, &k), updates = (double)L * SCAN_W * N;
   char ref[160];
+  double worst = tile_error(&k);
+  if (!(worst <= 1)) {
+    snprintf(ref, sizeof ref, "out: error %.3g x tolerance against a scalar loop", worst);
+    bench_mismatch(kernel, shape, ref);
+    goto done;
+  }
+  double t = bench_time(run_tile, &k), updates = (double)L * SCAN_W * N;
   int threads = sn_get_num_threads();
   double per_thread = 2.0 * (D_INNER / SCAN_W) * (1024 / SN_SCAN_CHUNK) / threads;
   int n = snprintf(ref, sizeof ref, "fwd+bwd of one tile-chunk, 1 thread; x %.0f tile-chunks a thread = %.1f ms",
