@@ -18,7 +18,6 @@
 
 #include "bench.h"
 #include "simd/scan.h"
-#include "simd/vec.h"
 
 static sn_ctx ctx;
 
@@ -76,6 +75,19 @@ static void run_scan(void *p) {
                           &c->g, NULL, &c->chunks, &c->u, &c->delta, &c->A, &c->Bm, &c->Cm, &c->opts);
 }
 
+/* One step of one channel's sequential forward: its N states h advanced from x = delta +
+ * delta_bias, u and per-state A, B, C (N each); returns the gated output. */
+static float reference_step(float *h, int64_t N, float x, float u, float z, float Ds, const float *A, const float *B,
+                            const float *C) {
+  float dt = x > 20 ? x : log1pf(expf(x)), y = 0;
+  for (int64_t n = 0; n < N; n++) {
+    h[n] = expf(dt * A[n]) * h[n] + dt * B[n] * u;
+    y += C[n] * h[n];
+  }
+  y += Ds * u;
+  return y * z / (1 + expf(-z));
+}
+
 /* The sequential forward, one (b, d) at a time with its N states in a local array. */
 static void run_scan_reference(void *p) {
   scan_case *c = p;
@@ -87,13 +99,8 @@ static void run_scan_reference(void *p) {
       float h[N_STATE] = {0};
       for (int64_t t = 0; t < T; t++) {
         int64_t i = (b * T + t) * D + d;
-        float x = dl[i] + bias[d], dt = x > 20 ? x : log1pf(expf(x)), y = 0;
-        for (int64_t n = 0; n < N; n++) {
-          h[n] = expf(dt * A[d * N + n]) * h[n] + dt * Bm[(b * T + t) * N + n] * u[i];
-          y += Cm[(b * T + t) * N + n] * h[n];
-        }
-        y += Ds[d] * u[i];
-        c->ref[i] = y * z[i] / (1 + expf(-z[i]));
+        c->ref[i] = reference_step(h, N, dl[i] + bias[d], u[i], z[i], Ds[d], A + d * N, Bm + (b * T + t) * N,
+                                   Cm + (b * T + t) * N);
       }
     }
 }
@@ -163,16 +170,16 @@ static double tile_error(tile_case *k) {
   k->ops->fwd(c);
   double worst = 0;
   for (int l = 0; l < SCAN_W; l++) {
-    float h[N_STATE] = {0};
+    float h[N_STATE] = {0}, A[N_STATE], B[N_STATE], C[N_STATE];
+    for (int n = 0; n < c->N; n++) A[n] = c->A[n * SCAN_W + l];
     for (int t = 0; t < c->L; t++) {
-      float x = c->delta[t * SCAN_W + l] + c->bias[l], dt = x > 20 ? x : log1pf(expf(x));
-      float u = c->u[t * SCAN_W + l], z = c->z[t * SCAN_W + l], y = c->Dskip[l] * u;
       for (int n = 0; n < c->N; n++) {
         const float *bc = c->bc + (n / 2 * SN_SCAN_CHUNK + t) * 4 + n % 2; /* see scan_chunk.bc */
-        h[n] = expf(dt * c->A[n * SCAN_W + l]) * h[n] + dt * bc[0] * u;
-        y += bc[2] * h[n];
+        B[n] = bc[0], C[n] = bc[2];
       }
-      double ref = y * z / (1 + expf(-z)), e = fabs(c->res[t * SCAN_W + l] - ref) / (1e-4 + 1e-3 * fabs(ref));
+      int i = t * SCAN_W + l;
+      double ref = reference_step(h, c->N, c->delta[i] + c->bias[l], c->u[i], c->z[i], c->Dskip[l], A, B, C);
+      double e = fabs(c->res[i] - ref) / (1e-4 + 1e-3 * fabs(ref));
       if (!(e <= worst)) worst = e;
     }
   }
@@ -196,9 +203,7 @@ static void run_tile(void *p) {
  * takes. */
 static void tile_row(double whole) {
   const char *kernel = "selective_scan tile", *shape = "L32 W16 N16 in L1";
-  const sn_scan_ops *ops = strcmp(sn_vec->name, "avx512") == 0 ? &sn_scan_avx512
-                           : strcmp(sn_vec->name, "avx2") == 0   ? &sn_scan_avx2
-                                                                 : &sn_scan_scalar;
+  const sn_scan_ops *ops = sn_scan_ops_now();
   int N = N_STATE, L = SN_SCAN_CHUNK;
   int64_t sizes[] = {L * SCAN_W, L * SCAN_W, L * SCAN_W, L * SCAN_W, SCAN_BC_FLOATS(N), N * SCAN_W, N * SCAN_W,
                      SCAN_W, SCAN_W, N * SCAN_W, SCAN_RES_FLOATS, N * SCAN_W, N * SCAN_W, SCAN_W, SCAN_W,

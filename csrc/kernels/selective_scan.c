@@ -43,7 +43,7 @@
 
 static const char *FN = "seqnn.F.selective_scan";
 
-static const sn_scan_ops *scan_ops(void) {
+const sn_scan_ops *sn_scan_ops_now(void) {
   const char *n = sn_vec->name;
   return strcmp(n, "avx512") == 0 ? &sn_scan_avx512 : strcmp(n, "avx2") == 0 ? &sn_scan_avx2 : &sn_scan_scalar;
 }
@@ -306,7 +306,7 @@ sn_status sn_selective_scan_fwd(sn_ctx *ctx, sn_tensor *out, sn_tensor *final_st
   int64_t per = fwd_floats(&P), slices = (P.tiles + SLICE_TILES - 1) / SLICE_TILES, items = P.B * slices;
   float *w = scratch(ctx, nt, per, 0);
   if (!w) return SN_ENOMEM;
-  const sn_scan_ops *ops = scan_ops();
+  const sn_scan_ops *ops = sn_scan_ops_now();
   float *po = sn_f32(out), *pf = final_state ? sn_f32(final_state) : NULL;
   float *pc = chunk_states ? sn_f32(chunk_states) : NULL;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (P.B * P.T * P.D * P.N >= PARALLEL_MIN)
@@ -432,7 +432,7 @@ sn_status sn_selective_scan_bwd(sn_ctx *ctx, sn_tensor *du, sn_tensor *ddelta, s
   float *w = scratch(ctx, nt, per, 2 * nstate + 2 * nchan + 2 * npart);
   if (!w) return SN_ENOMEM;
   float *shared = w + nt * per;
-  bwd_args args = {.P = &P, .ops = scan_ops(), .dout = view_of(dout), .dfinal = view_of(dfinal),
+  bwd_args args = {.P = &P, .ops = sn_scan_ops_now(), .dout = view_of(dout), .dfinal = view_of(dfinal),
                    .chunk_states = sn_f32(chunk_states), .du = sn_f32(du), .ddelta = sn_f32(ddelta),
                    .dz = dz ? sn_f32(dz) : NULL, .g = shared, .dA = shared + nstate, .dDskip = shared + 2 * nstate,
                    .dbias = shared + 2 * nstate + nchan, .dB = shared + 2 * nstate + 2 * nchan,
@@ -503,7 +503,7 @@ sn_status sn_selective_scan_step(sn_ctx *ctx, sn_tensor *out, sn_tensor *state, 
   int64_t per = fwd_floats(&P), items = P.B * P.tiles, D = P.D, N = P.N;
   float *w = scratch(ctx, nt, per, 0);
   if (!w) return SN_ENOMEM;
-  const sn_scan_ops *ops = scan_ops();
+  const sn_scan_ops *ops = sn_scan_ops_now();
   float *po = sn_f32(out), *ps = sn_f32(state);
 #pragma omp parallel for schedule(static) num_threads(nt) if (P.B * D * N >= PARALLEL_MIN)
   for (int64_t it = 0; it < items; it++) {

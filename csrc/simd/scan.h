@@ -103,5 +103,7 @@ typedef struct sn_scan_ops {
 } sn_scan_ops;
 
 extern const sn_scan_ops sn_scan_scalar, sn_scan_avx2, sn_scan_avx512;
+/* The table matching sn_vec (kernels/selective_scan.c). */
+const sn_scan_ops *sn_scan_ops_now(void);
 
 #endif

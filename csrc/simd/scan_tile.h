@@ -41,8 +41,6 @@
 /* All-ones where the sign bit of v is set: the sign shifted down (logical, so defined for
  * every value) and negated. */
 #define sign_mask(v) ((vi)(-((vu)(v) >> 31)))
-/* Lanes where a < b as an all-ones mask (either may be a scalar). */
-#define lanes_below(a, b) ((vi)(splat(a) < splat(b)))
 /* Where `mask`, b, else a. */
 #define vselect(mask, a, b) ((vf)(((vi)(a) & ~(mask)) | ((vi)(b) & (mask))))
 
@@ -120,7 +118,7 @@ INLINE void vsoftplus(vf *xp, vf *sig) {
 #ifdef __AVX512F__
   *xp = (vf)_mm512_max_ps((__m512)x, _mm512_setzero_ps()) + v * p;
 #else
-  *xp = vselect(lanes_below(x, 0.0f), x, splat(0.0f)) + v * p;
+  *xp = vmax(x, splat(0.0f)) + v * p;
 #endif
   if (sig) sigmoid_of(sig, &x, &v);
 }
